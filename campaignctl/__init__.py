@@ -1,0 +1,1 @@
+"""The application: wires stages to the engine and provides the ``campaignctl`` command."""

@@ -1,0 +1,5 @@
+import sys
+
+from campaignctl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,100 @@
+"""Engine settings from the environment; every default is here with its unit."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import attrs
+
+#: Key prefix used when KEY_PREFIX is not set. Queue keys carry it as a hash tag.
+DEFAULT_KEY_PREFIX = "ce"
+#: A leased task not acknowledged or renewed within this goes back to its queue, in s.
+DEFAULT_VISIBILITY_TIMEOUT = 300.0
+#: How often a worker renews its liveness key and the leases of its running tasks, in s.
+DEFAULT_HEARTBEAT_INTERVAL = 2.0
+#: A worker whose liveness key is older than this is dead; its tasks are recovered, in s.
+DEFAULT_LIVENESS_TTL = 10.0
+#: A task that lost its lease this many times is dead-lettered (crash loop, poison pill).
+DEFAULT_MAX_LEASE_LOSSES = 5
+#: Pause between two passes of the recovery loop, in s.
+DEFAULT_RECOVERY_INTERVAL = 2.0
+#: A PROCESSING/READY_TO_SEND campaign unchanged this long with no live task is re-enqueued, in s.
+DEFAULT_STALL_THRESHOLD = 60.0
+#: Pause between two passes of the producer loop, in s.
+DEFAULT_PRODUCER_INTERVAL = 5.0
+#: Campaigns the producer starts per transaction.
+DEFAULT_PRODUCER_BATCH = 500
+#: Waits for a rate-limit token up to this long are slept in the worker; longer ones defer the task, in s.
+DEFAULT_MAX_TOKEN_SLEEP = 10.0
+#: Multiplies every rate limit (use the sandbox's --time-scale factor).
+DEFAULT_RATE_SCALE = 1.0
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+    if value < 0:
+        raise ValueError(f"{name} must not be negative, got {raw!r}")
+    return value
+
+
+def redis_url_from_env(env: Mapping[str, str]) -> str:
+    """REDIS_URL wins; otherwise REDIS_HOST/REDIS_PORT/REDIS_DB (REDIS_PASSWORD is passed apart)."""
+    if env.get("REDIS_URL"):
+        return env["REDIS_URL"]
+    host = env.get("REDIS_HOST", "127.0.0.1")
+    port = env.get("REDIS_PORT", "6379")
+    db = env.get("REDIS_DB", "0")
+    scheme = "rediss" if env.get("REDIS_TLS", "").lower() in ("1", "true", "yes") else "redis"
+    return f"{scheme}://{host}:{port}/{db}"
+
+
+@attrs.frozen(repr=False)
+class EngineSettings:
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    #: Never printed: see __repr__.
+    redis_password: str | None = None
+    key_prefix: str = DEFAULT_KEY_PREFIX
+    visibility_timeout: float = DEFAULT_VISIBILITY_TIMEOUT
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
+    liveness_ttl: float = DEFAULT_LIVENESS_TTL
+    max_lease_losses: int = DEFAULT_MAX_LEASE_LOSSES
+    recovery_interval: float = DEFAULT_RECOVERY_INTERVAL
+    stall_threshold: float = DEFAULT_STALL_THRESHOLD
+    producer_interval: float = DEFAULT_PRODUCER_INTERVAL
+    producer_batch: int = DEFAULT_PRODUCER_BATCH
+    max_token_sleep: float = DEFAULT_MAX_TOKEN_SLEEP
+    rate_scale: float = DEFAULT_RATE_SCALE
+
+    def __repr__(self) -> str:
+        from engine.connection import redact_url
+
+        fields = attrs.asdict(self)
+        fields["redis_url"] = redact_url(self.redis_url)
+        fields["redis_password"] = "***" if self.redis_password else None
+        return "EngineSettings(" + ", ".join(f"{k}={v!r}" for k, v in fields.items()) + ")"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> EngineSettings:
+        env = os.environ if env is None else env
+        return cls(
+            redis_url=redis_url_from_env(env),
+            redis_password=env.get("REDIS_PASSWORD") or None,
+            key_prefix=env.get("KEY_PREFIX", DEFAULT_KEY_PREFIX) or DEFAULT_KEY_PREFIX,
+            visibility_timeout=_float(env, "VISIBILITY_TIMEOUT", DEFAULT_VISIBILITY_TIMEOUT),
+            heartbeat_interval=_float(env, "HEARTBEAT_INTERVAL", DEFAULT_HEARTBEAT_INTERVAL),
+            liveness_ttl=_float(env, "LIVENESS_TTL", DEFAULT_LIVENESS_TTL),
+            max_lease_losses=int(_float(env, "MAX_LEASE_LOSSES", DEFAULT_MAX_LEASE_LOSSES)),
+            recovery_interval=_float(env, "RECOVERY_INTERVAL", DEFAULT_RECOVERY_INTERVAL),
+            stall_threshold=_float(env, "STALL_THRESHOLD", DEFAULT_STALL_THRESHOLD),
+            producer_interval=_float(env, "PRODUCER_INTERVAL", DEFAULT_PRODUCER_INTERVAL),
+            producer_batch=int(_float(env, "PRODUCER_BATCH", DEFAULT_PRODUCER_BATCH)),
+            max_token_sleep=_float(env, "MAX_TOKEN_SLEEP", DEFAULT_MAX_TOKEN_SLEEP),
+            rate_scale=_float(env, "RATE_SCALE", DEFAULT_RATE_SCALE) or DEFAULT_RATE_SCALE,
+        )

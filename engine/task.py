@@ -1,0 +1,116 @@
+"""The task payload: what travels through Redis, validated on both ends."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Collection
+from typing import Any
+
+import attrs
+
+#: Fields every payload must carry, and their JSON types.
+REQUIRED_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "task_id": str,
+    "campaign_id": int,
+    "task_type": str,
+    "retry_count": int,
+    "enqueued_at": (int, float),
+}
+#: Optional fields, added by the engine itself.
+OPTIONAL_FIELDS: dict[str, type | tuple[type, ...]] = {
+    #: Times this task's lease lapsed or its worker died while holding it.
+    "lease_losses": int,
+}
+#: Longest payload accepted, in bytes; anything larger is garbage, not a task.
+MAX_PAYLOAD_BYTES = 4096
+
+
+class MalformedTask(ValueError):
+    """A payload that is not a valid task; ``reason`` says why, for the dead-letter entry."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@attrs.frozen
+class Task:
+    task_id: str
+    campaign_id: int
+    task_type: str
+    retry_count: int = 0
+    enqueued_at: float = attrs.field(factory=time.time)
+    lease_losses: int = 0
+
+    @classmethod
+    def new(cls, task_type: str, campaign_id: int) -> Task:
+        return cls(task_id=uuid.uuid4().hex, campaign_id=campaign_id, task_type=task_type)
+
+    @property
+    def dedup_key(self) -> str:
+        """At most one live task per (task type, campaign)."""
+        return f"{self.task_type}:{self.campaign_id}"
+
+    def to_json(self) -> str:
+        data: dict[str, Any] = {
+            "task_id": self.task_id,
+            "campaign_id": self.campaign_id,
+            "task_type": self.task_type,
+            "retry_count": self.retry_count,
+            "enqueued_at": self.enqueued_at,
+        }
+        if self.lease_losses:
+            data["lease_losses"] = self.lease_losses
+        return json.dumps(data, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes, task_types: Collection[str] | None = None) -> Task:
+        """Parse and validate a payload; raise MalformedTask with the reason otherwise."""
+        if isinstance(raw, bytes):
+            try:
+                raw = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise MalformedTask("payload is not UTF-8") from None
+        if len(raw) > MAX_PAYLOAD_BYTES:
+            raise MalformedTask(f"payload is {len(raw)} bytes, more than {MAX_PAYLOAD_BYTES}")
+        try:
+            data = json.loads(raw)
+        except ValueError as exc:
+            raise MalformedTask(f"payload is not JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise MalformedTask(f"payload is a JSON {type(data).__name__}, not an object")
+        for name, kind in REQUIRED_FIELDS.items():
+            if name not in data:
+                raise MalformedTask(f"payload has no {name!r}")
+            _check_type(name, data[name], kind)
+        for name, kind in OPTIONAL_FIELDS.items():
+            if name in data:
+                _check_type(name, data[name], kind)
+        unknown = set(data) - set(REQUIRED_FIELDS) - set(OPTIONAL_FIELDS)
+        if unknown:
+            raise MalformedTask(f"payload has unknown fields {sorted(unknown)}")
+        if not data["task_id"] or len(data["task_id"]) > 64:
+            raise MalformedTask("task_id must be 1 to 64 characters")
+        if data["campaign_id"] <= 0:
+            raise MalformedTask(f"campaign_id must be positive, got {data['campaign_id']}")
+        if data["retry_count"] < 0:
+            raise MalformedTask(f"retry_count must not be negative, got {data['retry_count']}")
+        if task_types is not None and data["task_type"] not in task_types:
+            raise MalformedTask(f"unknown task type {data['task_type']!r}")
+        return cls(
+            task_id=data["task_id"],
+            campaign_id=data["campaign_id"],
+            task_type=data["task_type"],
+            retry_count=data["retry_count"],
+            enqueued_at=float(data["enqueued_at"]),
+            lease_losses=data.get("lease_losses", 0),
+        )
+
+
+def _check_type(name: str, value: object, kind: type | tuple[type, ...]) -> None:
+    # bool is an int in Python; a payload with "campaign_id": true is still garbage.
+    if isinstance(value, bool) or not isinstance(value, kind):
+        expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise MalformedTask(f"{name} must be {expected}, got {type(value).__name__}")

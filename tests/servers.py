@@ -1,0 +1,194 @@
+"""Throw-away redis-server and PostgreSQL processes for tests, benchmarks and chaos runs.
+
+Each server gets a free loopback port and a temporary folder, and can be
+stopped, killed, restarted (keeping its data) or wiped. Nothing here fakes a
+server: if a binary is missing the caller gets a clear error, never a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+#: Where Debian's PostgreSQL 15 server binaries live.
+PG_BIN_DIRS = ("/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/17/bin")
+
+
+class ServerUnavailable(RuntimeError):
+    """A server binary is missing or did not come up."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_port(port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise ServerUnavailable(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+class RedisServer:
+    """A redis-server on loopback with AOF on, in its own temporary folder."""
+
+    def __init__(self, *, port: int | None = None, binary: str | None = None, appendonly: bool = True) -> None:
+        self.binary = binary or os.environ.get("REDIS_SERVER_BIN") or shutil.which("redis-server")
+        if not self.binary:
+            raise ServerUnavailable(
+                "redis-server is not installed (apt-get install -y redis-server); tests need a real Redis"
+            )
+        self.port = port or free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="ce-redis-"))
+        self.appendonly = appendonly
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        args = [
+            self.binary,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.dir),
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", "everysec",
+            "--save", "",
+            "--maxmemory-policy", "noeviction",
+            "--daemonize", "no",
+            "--logfile", str(self.dir / "redis.log"),
+        ]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_port(self.port, 10)
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
+
+    def restart(self, *, wipe: bool = False) -> None:
+        """Stop and start again on the same port; ``wipe`` starts it empty (data lost)."""
+        self.stop()
+        if wipe:
+            for f in self.dir.iterdir():
+                if f.is_dir():
+                    shutil.rmtree(f)
+                elif f.name != "redis.log":
+                    f.unlink()
+        self.start()
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _pg_bin(name: str) -> str:
+    for d in (os.environ.get("PG_BIN_DIR", ""), *PG_BIN_DIRS):
+        if d and Path(d, name).exists():
+            return str(Path(d, name))
+    found = shutil.which(name)
+    if found:
+        return found
+    raise ServerUnavailable(
+        f"PostgreSQL's {name} was not found (looked in {', '.join(PG_BIN_DIRS)}); "
+        "install postgresql-15 or set PG_BIN_DIR"
+    )
+
+
+class PostgresServer:
+    """A PostgreSQL cluster on loopback, initialised in a temporary folder.
+
+    ``initdb`` and ``pg_ctl`` refuse to run as root, so as root they run as the
+    ``postgres`` user through ``runuser`` and the folder is handed to that user.
+    fsync and synchronous commit are off: the tests want speed, not durability
+    against power loss.
+    """
+
+    def __init__(self, *, port: int | None = None) -> None:
+        self.initdb = _pg_bin("initdb")
+        self.pg_ctl = _pg_bin("pg_ctl")
+        self.port = port or free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="ce-pg-"))
+        self.data = self.dir / "data"
+        self._as_root = os.geteuid() == 0
+        if self._as_root:
+            shutil.chown(self.dir, "postgres", "postgres")
+            os.chmod(self.dir, 0o755)
+
+    def _run(self, *args: str) -> None:
+        cmd = list(args)
+        if self._as_root:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise ServerUnavailable(f"{' '.join(args[:2])} failed: {done.stderr.strip() or done.stdout.strip()}")
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/postgres"
+
+    def url_for(self, database: str) -> str:
+        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{database}"
+
+    def start(self) -> PostgresServer:
+        if not (self.data / "PG_VERSION").exists():
+            self._run(self.initdb, "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8")
+        opts = (
+            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
+        )
+        self._run(self.pg_ctl, "-D", str(self.data), "-l", str(self.dir / "pg.log"), "-w", "-t", "30", "-o", opts, "start")
+        _wait_port(self.port, 30)
+        return self
+
+    def stop(self, mode: str = "fast") -> None:
+        if (self.data / "postmaster.pid").exists():
+            self._run(self.pg_ctl, "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def create_database(self, name: str) -> str:
+        import psycopg2
+
+        conn = psycopg2.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres")
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            cur.execute(f'CREATE DATABASE "{name}"')
+        conn.close()
+        return self.url_for(name)
+
+    def cleanup(self) -> None:
+        try:
+            self.stop("immediate")
+        except ServerUnavailable:
+            pass
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -1,0 +1,141 @@
+"""Tables: campaigns, their append-only history, stage results and email sends.
+
+These declarations describe the head of the Alembic history; the migrations in
+``migrations/versions`` are what create them in a real database.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+#: Constraint names are explicit so SQLite batch migrations can find them again.
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> dt.datetime:
+    """Naive UTC: SQLite has no time zones, so every timestamp is stored as UTC."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Campaign(Base):
+    __tablename__ = "campaigns"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    owner_name: Mapped[str] = mapped_column(String(200))
+    email: Mapped[str] = mapped_column(String(320))
+    street: Mapped[str] = mapped_column(String(200))
+    city: Mapped[str] = mapped_column(String(100))
+    state: Mapped[str] = mapped_column(String(2))
+    zip_code: Mapped[str] = mapped_column(String(10))
+
+    campaign_status: Mapped[str] = mapped_column(String(32), default="DORMANT")
+    processing_stage: Mapped[str] = mapped_column(String(32), default="idle")
+    #: Bumped by one on every applied transition: the compare-and-set token.
+    version: Mapped[int] = mapped_column(Integer, default=0)
+    #: The current cycle; stage results and sends are keyed by it.
+    run_id: Mapped[int] = mapped_column(Integer, default=0)
+    next_run_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    # The old system's columns, kept in sync on every transition (workflow.legacy).
+    property_data_status: Mapped[str] = mapped_column(String(20), default="pending")
+    listings_status: Mapped[str] = mapped_column(String(20), default="pending")
+    sales_status: Mapped[str] = mapped_column(String(20), default="pending")
+    market_data_status: Mapped[str] = mapped_column(String(20), default="pending")
+    analysis_status: Mapped[str] = mapped_column(String(20), default="pending")
+    email_status: Mapped[str] = mapped_column(String(20), default="pending")
+    is_unsubscribed: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+    __table_args__ = (
+        Index("ix_campaigns_status_next_run_at", "campaign_status", "next_run_at"),
+        Index("ix_campaigns_status_updated_at", "campaign_status", "updated_at"),
+    )
+
+
+class CampaignEvent(Base):
+    """One applied transition. Rows are only ever inserted."""
+
+    __tablename__ = "campaign_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"), index=True)
+    run_id: Mapped[int] = mapped_column(Integer)
+    #: The campaign's version after this transition (gapless per campaign).
+    version: Mapped[int] = mapped_column(Integer)
+    trigger: Mapped[str] = mapped_column(String(32))
+    from_status: Mapped[str] = mapped_column(String(32))
+    to_status: Mapped[str] = mapped_column(String(32))
+    from_stage: Mapped[str] = mapped_column(String(32))
+    to_stage: Mapped[str] = mapped_column(String(32))
+    task_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    worker_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    __table_args__ = (UniqueConstraint("campaign_id", "version", name="uq_campaign_events_campaign_version"),)
+
+
+class StageResult(Base):
+    """What a stage produced for one run; a re-run of the stage overwrites it."""
+
+    __tablename__ = "stage_results"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"))
+    run_id: Mapped[int] = mapped_column(Integer)
+    stage: Mapped[str] = mapped_column(String(32))
+    data: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("campaign_id", "run_id", "stage", name="uq_stage_results_campaign_run_stage"),
+    )
+
+
+class EmailSend(Base):
+    """The send intent and outcome for one campaign run (at most one email per run)."""
+
+    __tablename__ = "email_sends"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"))
+    run_id: Mapped[int] = mapped_column(Integer)
+    #: ``campaign-<id>-run-<run>``; also sent to SES as a tag so a send can be traced.
+    idempotency_key: Mapped[str] = mapped_column(String(100), unique=True)
+    #: intent -> sent | unknown -> sent | not_sent
+    state: Mapped[str] = mapped_column(String(20), default="intent")
+    recipient: Mapped[str] = mapped_column(String(320))
+    message_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    task_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    worker_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    sent_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+
+    __table_args__ = (UniqueConstraint("campaign_id", "run_id", name="uq_email_sends_campaign_run"),)

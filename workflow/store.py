@@ -1,0 +1,412 @@
+"""The campaign store: every state change is one compare-and-set transaction.
+
+``apply`` reads the campaign, lets the machine decide the new position, and
+writes it with ``UPDATE … WHERE id=? AND version=? AND campaign_status=? AND
+processing_stage=?`` together with its ``campaign_events`` row, the legacy
+columns and whatever the caller adds in the same transaction (a stage result,
+a send record). A trigger whose expectation no longer holds changes nothing and
+says so: that is how duplicate and stale tasks become no-ops.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+from sqlalchemy import Connection, Engine, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from workflow import machine
+from workflow.legacy import legacy_columns
+from workflow.models import Campaign, CampaignEvent, StageResult, utcnow
+from workflow.states import Stage, Status, task_type_for
+
+campaigns = Campaign.__table__
+events = CampaignEvent.__table__
+stage_results = StageResult.__table__
+
+
+class Result(str, enum.Enum):
+    APPLIED = "applied"
+    #: The campaign is no longer where the caller expected (a duplicate, a stale task, a lost race).
+    CONFLICT = "conflict"
+    #: The trigger is not an edge of the machine from where the campaign is.
+    ILLEGAL = "illegal"
+    NOT_FOUND = "not_found"
+
+
+@attrs.frozen
+class Snapshot:
+    """A campaign row as read at one moment."""
+
+    id: int
+    campaign_status: Status
+    processing_stage: Stage
+    version: int
+    run_id: int
+    owner_name: str
+    email: str
+    street: str
+    city: str
+    state: str
+    zip_code: str
+    next_run_at: dt.datetime | None
+    last_error: str | None
+    updated_at: dt.datetime | None
+
+    @property
+    def state_name(self) -> str:
+        return machine.state_name(self.campaign_status, self.processing_stage)
+
+    @property
+    def address(self) -> str:
+        return f"{self.street}, {self.city}, {self.state} {self.zip_code}"
+
+    @classmethod
+    def from_row(cls, row: Any) -> Snapshot:
+        m = row._mapping
+        return cls(
+            id=m["id"],
+            campaign_status=Status(m["campaign_status"]),
+            processing_stage=Stage(m["processing_stage"]),
+            version=m["version"],
+            run_id=m["run_id"],
+            owner_name=m["owner_name"],
+            email=m["email"],
+            street=m["street"],
+            city=m["city"],
+            state=m["state"],
+            zip_code=m["zip_code"],
+            next_run_at=m["next_run_at"],
+            last_error=m["last_error"],
+            updated_at=m["updated_at"],
+        )
+
+
+@attrs.frozen
+class Outcome:
+    result: Result
+    message: str
+    before: Snapshot | None = None
+    after: Snapshot | None = None
+
+    @property
+    def applied(self) -> bool:
+        return self.result is Result.APPLIED
+
+
+@attrs.frozen
+class Expect:
+    """What the caller believes; any field left None is not checked."""
+
+    status: Status | None = None
+    stage: Stage | None = None
+    version: int | None = None
+    run_id: int | None = None
+
+    def mismatch(self, snap: Snapshot) -> str | None:
+        for name, want, have in (
+            ("status", self.status, snap.campaign_status),
+            ("stage", self.stage, snap.processing_stage),
+            ("version", self.version, snap.version),
+            ("run", self.run_id, snap.run_id),
+        ):
+            if want is not None and want != have:
+                return f"expected {name} {getattr(want, 'value', want)}, found {getattr(have, 'value', have)}"
+        return None
+
+
+#: Called inside the transaction after the campaign row is updated.
+Within = Callable[[Connection, Snapshot, Snapshot], None]
+
+_COLUMNS = [
+    campaigns.c.id,
+    campaigns.c.campaign_status,
+    campaigns.c.processing_stage,
+    campaigns.c.version,
+    campaigns.c.run_id,
+    campaigns.c.owner_name,
+    campaigns.c.email,
+    campaigns.c.street,
+    campaigns.c.city,
+    campaigns.c.state,
+    campaigns.c.zip_code,
+    campaigns.c.next_run_at,
+    campaigns.c.last_error,
+    campaigns.c.updated_at,
+]
+
+
+class CampaignStore:
+    """Reads campaigns and applies machine triggers to them atomically."""
+
+    def __init__(self, engine: Engine, *, cycle: dt.timedelta = dt.timedelta(days=30)) -> None:
+        self.engine = engine
+        #: Time from a sent email to the campaign's next run.
+        self.cycle = cycle
+
+    # -- reads -------------------------------------------------------------
+
+    def get(self, campaign_id: int, conn: Connection | None = None) -> Snapshot | None:
+        query = select(*_COLUMNS).where(campaigns.c.id == campaign_id)
+        if conn is not None:
+            row = conn.execute(query).first()
+        else:
+            with self.engine.connect() as c:
+                row = c.execute(query).first()
+        return Snapshot.from_row(row) if row is not None else None
+
+    def history(self, campaign_id: int) -> list[dict[str, Any]]:
+        query = select(events).where(events.c.campaign_id == campaign_id).order_by(events.c.version)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Campaigns per status (every status listed) and per processing stage."""
+        with self.engine.connect() as conn:
+            by_status = dict(
+                conn.execute(
+                    select(campaigns.c.campaign_status, func.count()).group_by(campaigns.c.campaign_status)
+                ).all()
+            )
+            by_stage = dict(
+                conn.execute(
+                    select(campaigns.c.processing_stage, func.count())
+                    .where(campaigns.c.campaign_status == Status.PROCESSING.value)
+                    .group_by(campaigns.c.processing_stage)
+                ).all()
+            )
+        return {
+            "campaigns": {s.value: int(by_status.get(s.value, 0)) for s in Status},
+            "stages": {s.value: int(by_stage.get(s.value, 0)) for s in Stage if s is not Stage.IDLE},
+        }
+
+    def stage_result(self, campaign_id: int, run_id: int, stage: str) -> dict[str, Any] | None:
+        query = select(stage_results.c.data).where(
+            stage_results.c.campaign_id == campaign_id,
+            stage_results.c.run_id == run_id,
+            stage_results.c.stage == stage,
+        )
+        with self.engine.connect() as conn:
+            data = conn.execute(query).scalar()
+        return json.loads(data) if data is not None else None
+
+    def stalled(self, older_than: dt.timedelta, *, limit: int = 1000, after_id: int = 0) -> list[tuple[int, str]]:
+        """Campaigns that need a live task and have not moved for ``older_than``.
+
+        Returns (campaign id, task type) in id order, from ``after_id`` on, so a
+        caller can page through a large table.
+        """
+        cutoff = utcnow() - older_than
+        query = (
+            select(campaigns.c.id, campaigns.c.campaign_status, campaigns.c.processing_stage)
+            .where(
+                campaigns.c.campaign_status.in_([Status.PROCESSING.value, Status.READY_TO_SEND.value]),
+                campaigns.c.updated_at <= cutoff,
+                campaigns.c.id > after_id,
+            )
+            .order_by(campaigns.c.id)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        out = []
+        for cid, status, stage in rows:
+            task_type = task_type_for(Status(status), Stage(stage))
+            if task_type is not None:
+                out.append((cid, task_type))
+        return out
+
+    # -- writes ------------------------------------------------------------
+
+    def apply(
+        self,
+        campaign_id: int,
+        trigger: str,
+        *,
+        expect: Expect | None = None,
+        task_id: str | None = None,
+        worker_id: str | None = None,
+        detail: str | None = None,
+        error: str | None = None,
+        within: Within | None = None,
+    ) -> Outcome:
+        """Fire ``trigger`` on one campaign as a compare-and-set, with its history row."""
+        with self.engine.begin() as conn:
+            before = self.get(campaign_id, conn)
+            if before is None:
+                return Outcome(Result.NOT_FOUND, f"campaign {campaign_id} does not exist")
+            if expect is not None and (why := expect.mismatch(before)):
+                return Outcome(Result.CONFLICT, f"campaign {campaign_id}: {why}; nothing changed", before)
+            try:
+                status, stage = machine.fire(before.campaign_status, before.processing_stage, trigger)
+            except machine.IllegalTransition as exc:
+                return Outcome(Result.ILLEGAL, f"campaign {campaign_id}: {exc}", before)
+            now = utcnow()
+            values: dict[str, Any] = {
+                "campaign_status": status.value,
+                "processing_stage": stage.value,
+                "version": before.version + 1,
+                "updated_at": now,
+                **legacy_columns(status, stage),
+            }
+            if trigger == "start":
+                values["run_id"] = before.run_id + 1
+                values["last_error"] = None
+            elif trigger == "fail":
+                values["last_error"] = (error or detail or "failed")[:4000]
+            elif trigger == "retry":
+                values["last_error"] = None
+            elif trigger in ("mark_sent", "resolve_sent"):
+                values["next_run_at"] = now + self.cycle
+            changed = conn.execute(
+                update(campaigns)
+                .where(
+                    campaigns.c.id == campaign_id,
+                    campaigns.c.version == before.version,
+                    campaigns.c.campaign_status == before.campaign_status.value,
+                    campaigns.c.processing_stage == before.processing_stage.value,
+                )
+                .values(**values)
+            ).rowcount
+            if changed != 1:
+                conn.rollback()
+                return Outcome(Result.CONFLICT, f"campaign {campaign_id} changed under us; nothing changed", before)
+            after = attrs.evolve(
+                before,
+                campaign_status=status,
+                processing_stage=stage,
+                version=before.version + 1,
+                run_id=values.get("run_id", before.run_id),
+                last_error=values.get("last_error", before.last_error),
+                next_run_at=values.get("next_run_at", before.next_run_at),
+                updated_at=now,
+            )
+            conn.execute(insert(events).values(**_event_row(before, after, trigger, task_id, worker_id, detail or error, now)))
+            if within is not None:
+                within(conn, before, after)
+        return Outcome(Result.APPLIED, f"campaign {campaign_id}: {before.state_name} -> {after.state_name}", before, after)
+
+    def start_due(self, *, limit: int, worker_id: str | None = None, now: dt.datetime | None = None) -> list[Snapshot]:
+        """Move up to ``limit`` due campaigns to PROCESSING in one transaction.
+
+        SENT campaigns whose next run is due are rearmed (SENT -> DORMANT) first;
+        both steps are written to the history. The UPDATE re-checks the status
+        and version of every row, so several producers can run at once: a row
+        another producer took is simply not returned. On PostgreSQL the
+        candidate rows are locked with SKIP LOCKED so producers do not queue on
+        each other.
+        """
+        now = now or utcnow()
+        started: list[Snapshot] = []
+        with self.engine.begin() as conn:
+            query = (
+                select(*_COLUMNS)
+                .where(
+                    campaigns.c.campaign_status.in_([Status.DORMANT.value, Status.SENT.value]),
+                    campaigns.c.next_run_at <= now,
+                )
+                .order_by(campaigns.c.next_run_at, campaigns.c.id)
+                .limit(limit)
+            )
+            if conn.dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            rows = [Snapshot.from_row(r) for r in conn.execute(query)]
+            event_rows: list[dict[str, Any]] = []
+            for before in rows:
+                path = ["rearm", "start"] if before.campaign_status is Status.SENT else ["start"]
+                current = before
+                for trigger in path:
+                    status, stage = machine.fire(current.campaign_status, current.processing_stage, trigger)
+                    nxt = attrs.evolve(
+                        current,
+                        campaign_status=status,
+                        processing_stage=stage,
+                        version=current.version + 1,
+                        run_id=current.run_id + (1 if trigger == "start" else 0),
+                        last_error=None if trigger == "start" else current.last_error,
+                        updated_at=now,
+                    )
+                    event_rows.append(_event_row(current, nxt, trigger, None, worker_id, "due", now))
+                    current = nxt
+                changed = conn.execute(
+                    update(campaigns)
+                    .where(
+                        campaigns.c.id == before.id,
+                        campaigns.c.version == before.version,
+                        campaigns.c.campaign_status == before.campaign_status.value,
+                    )
+                    .values(
+                        campaign_status=current.campaign_status.value,
+                        processing_stage=current.processing_stage.value,
+                        version=current.version,
+                        run_id=current.run_id,
+                        last_error=None,
+                        updated_at=now,
+                        **legacy_columns(current.campaign_status, current.processing_stage),
+                    )
+                ).rowcount
+                if changed == 1:
+                    started.append(current)
+                else:
+                    event_rows = [e for e in event_rows if e["campaign_id"] != before.id]
+            if event_rows:
+                conn.execute(insert(events), event_rows)
+        return started
+
+    def save_stage_result(self, conn: Connection, campaign_id: int, run_id: int, stage: str, data: Any) -> None:
+        """Upsert the result of (campaign, run, stage): a re-run overwrites, never adds a row."""
+        upsert_stage_result(conn, campaign_id, run_id, stage, data)
+
+
+def upsert_stage_result(conn: Connection, campaign_id: int, run_id: int, stage: str, data: Any) -> None:
+    now = utcnow()
+    payload = json.dumps(data, sort_keys=True, default=str)
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(stage_results).values(
+        campaign_id=campaign_id, run_id=run_id, stage=stage, data=payload, created_at=now, updated_at=now
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["campaign_id", "run_id", "stage"],
+        set_={"data": payload, "updated_at": now},
+    )
+    conn.execute(stmt)
+
+
+def _event_row(
+    before: Snapshot,
+    after: Snapshot,
+    trigger: str,
+    task_id: str | None,
+    worker_id: str | None,
+    detail: str | None,
+    at: dt.datetime,
+) -> dict[str, Any]:
+    return {
+        "campaign_id": before.id,
+        "run_id": after.run_id,
+        "version": after.version,
+        "trigger": trigger,
+        "from_status": before.campaign_status.value,
+        "to_status": after.campaign_status.value,
+        "from_stage": before.processing_stage.value,
+        "to_stage": after.processing_stage.value,
+        "task_id": task_id,
+        "worker_id": worker_id,
+        "at": at,
+        "detail": (detail or None) and detail[:4000],
+    }
+
+
+def bulk_campaign_ids(engine: Engine, statuses: Sequence[Status] | None = None) -> list[int]:
+    query = select(campaigns.c.id).order_by(campaigns.c.id)
+    if statuses:
+        query = query.where(campaigns.c.campaign_status.in_([s.value for s in statuses]))
+    with engine.connect() as conn:
+        return list(conn.execute(query).scalars())
+
+
