@@ -19,6 +19,7 @@ from collections.abc import Sequence
 COMMAND_MODULES = (
     "campaignctl.commands.workflow_cmds",
     "campaignctl.commands.engine_cmds",
+    "campaignctl.commands.send_cmds",
     "campaignctl.commands.sandbox_cmd",
     "campaignctl.commands.demo_cmd",
 )
