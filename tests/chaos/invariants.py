@@ -1,0 +1,344 @@
+"""The guarantees a chaos run must keep, checked against the evidence gathered at rest.
+
+Each check returns human-readable violations filed under the number of the
+invariant it breaks (docs/reliability.md lists them):
+
+1. every campaign is resting; ERROR carries a reason; SEND_OUTCOME_UNKNOWN only
+   where a sender could really have died between the SES call and its record;
+2. no recipient received more than one email per campaign run, and the
+   database agrees with what the sandbox delivered;
+3. every history row is an edge of the machine, versions are gapless, the
+   legacy columns agree with the position;
+4. no provider saw more calls than its limit allows in any window, and the
+   sandbox answered no 429 beyond the injected ones;
+5. nothing is left ready, leased, in flight or delayed; every dead letter has a reason;
+6. a campaign unsubscribed mid-run never sent (unless its send intent was
+   already recorded when the unsubscribe committed: that SES call was under way).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import defaultdict
+from typing import Any
+
+import attrs
+
+from tests.chaos.harness import Evidence
+from workflow.legacy import legacy_columns
+from workflow.machine import check_history, state_name
+
+#: Statuses a campaign may end an example in.
+RESTING = frozenset({"SENT", "READY_FOR_REVIEW", "ERROR", "SEND_OUTCOME_UNKNOWN", "UNSUBSCRIBED"})
+#: Plan rates per provider bucket, in calls per second before the time scale (CONTRACTS.md).
+PLAN_RATES: dict[str, float] = {
+    "zillow": 10 / 60,
+    "zillow56": 10 / 60,
+    "rentcast": 1.0,
+    "bedrock": 8 / 60,
+    "email_verification": 1.0,
+    "ses": 10.0,
+}
+#: Calls a provider may see beyond rate x window: the sandbox bucket's capacity (2).
+WINDOW_SLACK = 2
+#: SES faults after which the outcome of a send is honestly unknown (the call may have been accepted).
+AMBIGUOUS_SES_FAULTS = frozenset({"5xx", "timeout", "malformed"})
+
+NAMES = {
+    1: "every campaign is resting",
+    2: "at most one email per recipient and run",
+    3: "history follows the machine, gapless, legacy columns agree",
+    4: "providers never saw more than their limit",
+    5: "nothing left leased, in flight or delayed; dead letters have reasons",
+    6: "campaigns unsubscribed mid-run never sent",
+}
+
+
+@attrs.define
+class Report:
+    violations: dict[int, list[str]] = attrs.Factory(lambda: defaultdict(list))
+    notes: list[str] = attrs.Factory(list)
+
+    def add(self, invariant: int, message: str) -> None:
+        self.violations[invariant].append(message)
+
+    @property
+    def ok(self) -> bool:
+        return not any(self.violations.values())
+
+    def render(self, limit: int = 12) -> str:
+        lines = []
+        for n in sorted(self.violations):
+            found = self.violations[n]
+            if not found:
+                continue
+            lines.append(f"INVARIANT {n} BROKEN ({NAMES[n]}): {len(found)} violation(s)")
+            lines.extend(f"    - {m}" for m in found[:limit])
+            if len(found) > limit:
+                lines.append(f"    ... and {len(found) - limit} more")
+        if self.notes:
+            lines.append("notes:")
+            lines.extend(f"    * {m}" for m in self.notes)
+        return "\n".join(lines) or "all invariants hold"
+
+
+def plan_rates() -> dict[str, float]:
+    """The plan rates, with RATE_<API> overrides ("10/min", "1/s") as the engine reads them."""
+    rates = dict(PLAN_RATES)
+    for api in rates:
+        raw = os.environ.get(f"RATE_{api.upper()}")
+        if raw:
+            rates[api] = parse_rate(raw)
+    return rates
+
+
+def parse_rate(raw: str) -> float:
+    m = re.fullmatch(r"\s*([0-9.]+)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*", raw)
+    if not m:
+        raise ValueError(f"bad rate {raw!r}")
+    per = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600}[m.group(2)]
+    return float(m.group(1)) / per
+
+
+def pid_of(worker_id: str | None) -> int | None:
+    """The pid inside a worker id ("host:pid:random" or similar); None if there is none."""
+    if not worker_id:
+        return None
+    for part in re.split(r"[^0-9A-Za-z]+", worker_id):
+        if part.isdigit() and 1 < int(part) < 4_194_305:
+            return int(part)
+    return None
+
+
+def check(ev: Evidence, *, at_rest: bool = True) -> Report:
+    report = Report()
+    if not at_rest:
+        report.add(1, "the run did not come to rest before the deadline")
+    _resting(ev, report)
+    _emails(ev, report)
+    _history(ev, report)
+    _rates(ev, report)
+    _leftovers(ev, report)
+    _unsubscribed(ev, report)
+    _process_notes(ev, report)
+    return report
+
+
+def _by_campaign(rows: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
+    out: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        out[row["campaign_id"]].append(row)
+    return out
+
+
+def _resting(ev: Evidence, report: Report) -> None:
+    sends = _by_campaign(ev.sends)
+    interrupted = ev.killed_pids | ev.stopped_pids | ev.crash_hook_pids
+    ses_ambiguous = bool(ev.provider_faults.get("ses", set()) & AMBIGUOUS_SES_FAULTS)
+    for c in ev.campaigns:
+        cid, status = c["id"], c["campaign_status"]
+        if status not in RESTING:
+            report.add(1, f"campaign {cid} ended {state_name(status, c['processing_stage'])}, not a resting state")
+        if status == "ERROR" and not (c.get("last_error") or "").strip():
+            report.add(1, f"campaign {cid} is ERROR without a reason")
+        if status == "SEND_OUTCOME_UNKNOWN":
+            rows = [s for s in sends.get(cid, []) if s["run_id"] == c["run_id"]]
+            pids = {pid_of(s.get("worker_id")) for s in rows}
+            why = []
+            if pids & interrupted:
+                why.append("its sender was killed or stopped")
+            if ses_ambiguous:
+                why.append("SES answered injected 5xx/timeouts/garbage")
+            if "postgres" in ev.servers_restarted:
+                why.append("PostgreSQL restarted")
+            if not rows:
+                report.add(1, f"campaign {cid} is SEND_OUTCOME_UNKNOWN but has no send record for run {c['run_id']}")
+            elif not why:
+                report.add(
+                    1,
+                    f"campaign {cid} is SEND_OUTCOME_UNKNOWN but no sender was interrupted "
+                    f"(send record by {rows[0].get('worker_id')!r}, interrupted pids {sorted(interrupted)})",
+                )
+            else:
+                report.notes.append(f"campaign {cid} SEND_OUTCOME_UNKNOWN: {', '.join(why)}")
+        kind = ev.kinds.get(cid, "normal")
+        if kind != "normal" and status == "SENT":
+            report.add(1, f"campaign {cid} ({kind.replace('_', ' ')}) was SENT; it must end in ERROR")
+    counts: dict[str, int] = defaultdict(int)
+    for c in ev.campaigns:
+        counts[c["campaign_status"]] += 1
+    report.notes.append("final statuses: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+    errors = [(c["id"], (c.get("last_error") or "")[:120]) for c in ev.campaigns
+              if c["campaign_status"] == "ERROR" and ev.kinds.get(c["id"]) == "normal"]
+    if errors:
+        report.notes.append(f"normal campaigns in ERROR: {errors}")
+
+
+def _emails(ev: Evidence, report: Report) -> None:
+    delivered: dict[str, int] = {k: int(v) for k, v in (ev.sandbox_stats.get("emails") or {}).items()}
+    by_email = {c["email"].lower(): c for c in ev.campaigns}
+    runs = {c["id"]: c["run_id"] for c in ev.campaigns}
+    for recipient, n in sorted(delivered.items()):
+        c = by_email.get(recipient.lower())
+        allowed = runs.get(c["id"], 1) if c else 1
+        if n > allowed:
+            who = f"campaign {c['id']}" if c else "no campaign"
+            report.add(2, f"{recipient} ({who}) received {n} emails in {allowed} run(s)")
+        if c is None:
+            report.add(2, f"{recipient} received {n} email(s) but no campaign has that address")
+    sends = _by_campaign(ev.sends)
+    for c in ev.campaigns:
+        n = delivered.get(c["email"], delivered.get(c["email"].lower(), 0))
+        mine = [s for s in sends.get(c["id"], []) if s["run_id"] == c["run_id"]]
+        status = c["campaign_status"]
+        if status == "SENT":
+            if n != 1:
+                report.add(2, f"campaign {c['id']} is SENT but the sandbox delivered {n} email(s) to {c['email']}")
+            if not mine or mine[0]["state"] != "sent" or not mine[0].get("message_id"):
+                report.add(2, f"campaign {c['id']} is SENT but its send record is {mine[0] if mine else None}")
+        elif status == "ERROR" and n:
+            report.add(2, f"campaign {c['id']} is ERROR (send failed?) but the sandbox delivered {n} email(s)")
+        elif status in ("READY_FOR_REVIEW",) and n:
+            report.add(2, f"campaign {c['id']} is {status} but the sandbox delivered {n} email(s)")
+        if len(mine) > 1:
+            report.add(2, f"campaign {c['id']} has {len(mine)} send records for run {c['run_id']}")
+
+
+def _history(ev: Evidence, report: Report) -> None:
+    events = _by_campaign(ev.events)
+    for c in ev.campaigns:
+        rows = sorted(events.get(c["id"], []), key=lambda e: e["version"])
+        versions = [e["version"] for e in rows]
+        if versions != list(range(1, c["version"] + 1)):
+            report.add(3, f"campaign {c['id']} at version {c['version']} has history versions {versions}")
+        pairs = [
+            (state_name(e["from_status"], e["from_stage"]), state_name(e["to_status"], e["to_stage"])) for e in rows
+        ]
+        for bad in check_history(pairs):
+            report.add(3, f"campaign {c['id']}: {bad[0]} -> {bad[1]} is not an edge of the machine")
+        for prev, nxt in zip(pairs, pairs[1:]):
+            if prev[1] != nxt[0]:
+                report.add(3, f"campaign {c['id']}: history jumps from {prev[1]} to {nxt[0]}")
+        if pairs and pairs[-1][1] != state_name(c["campaign_status"], c["processing_stage"]):
+            report.add(3, f"campaign {c['id']}: history ends at {pairs[-1][1]}, row says "
+                          f"{state_name(c['campaign_status'], c['processing_stage'])}")
+        for col, want in legacy_columns(c["campaign_status"], c["processing_stage"]).items():
+            have = c.get(col)
+            if col == "is_unsubscribed":
+                have = bool(have)
+            if have != want:
+                report.add(3, f"campaign {c['id']} ({c['campaign_status']}): legacy {col}={have!r}, expected {want!r}")
+
+
+def worst_window(times: list[float], rate: float) -> tuple[float, int, float]:
+    """The window with the most calls beyond ``rate``: (excess over rate x width, calls, width in s).
+
+    For calls at sorted times t_i the excess of the window [t_i, t_j] is
+    (j - i + 1) - rate * (t_j - t_i); with f(k) = k - rate * t_k that is
+    f(j) - f(i) + 1, so one pass with a running minimum finds the worst.
+    """
+    best = (0.0, 0, 0.0)
+    min_f, min_i = float("inf"), 0
+    for j, t in enumerate(times):
+        f = j - rate * t
+        if f < min_f:
+            min_f, min_i = f, j
+        excess = f - min_f + 1
+        if excess > best[0]:
+            best = (excess, j - min_i + 1, t - times[min_i])
+    return best
+
+
+def _rates(ev: Evidence, report: Report) -> None:
+    rates = plan_rates()
+    throttled = ev.sandbox_stats.get("throttled") or {}
+    for provider, n in sorted(throttled.items()):
+        if n:
+            report.add(4, f"the sandbox throttled {n} call(s) to {provider} (429 beyond the injected ones)")
+    by_provider: dict[str, list[float]] = defaultdict(list)
+    for call in ev.sandbox_calls:
+        if int(call.get("status", 0)) != 429:
+            by_provider[call["provider"]].append(float(call["t"]))
+    for provider, times in sorted(by_provider.items()):
+        rate = rates.get(provider)
+        if rate is None:
+            continue
+        times.sort()
+        excess, n, width = worst_window(times, rate * ev.time_scale)
+        if excess > WINDOW_SLACK + 1e-6:
+            report.add(
+                4,
+                f"{provider}: {n} calls answered in {width:.3f}s, limit {rate * ev.time_scale:.2f}/s "
+                f"allows {rate * ev.time_scale * width + WINDOW_SLACK:.2f}",
+            )
+    total = {p: len(t) for p, t in by_provider.items()}
+    report.notes.append(f"provider calls (non-429): {dict(sorted(total.items()))}; injected: "
+                        f"{ev.sandbox_stats.get('injected') or {}}")
+
+
+def _leftovers(ev: Evidence, report: Report) -> None:
+    q = ev.queues
+    if not isinstance(q, dict) or "queues" not in q:
+        report.add(5, f"`campaignctl queues --json` gave no queue table: {q}")
+    else:
+        for name, row in sorted(q["queues"].items()):
+            left = {k: row.get(k, 0) for k in ("ready", "in_flight", "delayed") if row.get(k, 0)}
+            if left:
+                report.add(5, f"queue {name} still has {left}")
+    for k in ("ready", "in_flight", "delayed"):
+        if ev.redis_counts.get(k):
+            report.add(5, f"Redis still holds {ev.redis_counts[k]} {k.replace('_', ' ')} task(s)")
+    if ev.lock_keys:
+        report.add(5, f"{len(ev.lock_keys)} task_lock key(s) left: {ev.lock_keys[:5]}")
+    dl = ev.dead_letters
+    entries = dl.get("dead_letters", dl.get("entries", dl.get("items"))) if isinstance(dl, dict) else dl
+    if entries is None:
+        report.add(5, f"`campaignctl dlq list --json` gave no list: {dl}")
+        return
+    for entry in entries:
+        reason = entry.get("reason") if isinstance(entry, dict) else None
+        if not (isinstance(reason, str) and reason.strip()):
+            report.add(5, f"dead letter without a reason: {str(entry)[:300]}")
+    if entries:
+        reasons = sorted({str(e.get("reason"))[:80] for e in entries if isinstance(e, dict)})
+        report.notes.append(f"{len(entries)} dead letter(s): {reasons[:6]}")
+
+
+def _unsubscribed(ev: Evidence, report: Report) -> None:
+    events = _by_campaign(ev.events)
+    sends = _by_campaign(ev.sends)
+    delivered = {k.lower(): int(v) for k, v in (ev.sandbox_stats.get("emails") or {}).items()}
+    by_id = {c["id"]: c for c in ev.campaigns}
+    for cid in sorted(ev.unsubscribed):
+        c = by_id[cid]
+        if c["campaign_status"] != "UNSUBSCRIBED":
+            report.add(6, f"campaign {cid} was unsubscribed but ended {c['campaign_status']}")
+            continue
+        rows = sorted(events.get(cid, []), key=lambda e: e["version"])
+        unsub = next((e for e in rows if e["to_status"] == "UNSUBSCRIBED"), None)
+        if unsub is None:
+            report.add(6, f"campaign {cid} is UNSUBSCRIBED with no unsubscribe in its history")
+            continue
+        if unsub is not rows[-1]:
+            report.add(6, f"campaign {cid} moved after its unsubscribe: {[(e['trigger'], e['to_status']) for e in rows]}")
+        n = delivered.get(c["email"].lower(), 0)
+        if n:
+            intents = [s for s in sends.get(cid, []) if s["created_at"] <= unsub["at"]]
+            if intents:
+                report.notes.append(
+                    f"campaign {cid} got its email: the send intent ({intents[0]['created_at']}) was recorded "
+                    f"before the unsubscribe committed ({unsub['at']}) from {unsub['from_status']}"
+                )
+            else:
+                report.add(6, f"campaign {cid} was unsubscribed at {unsub['at']} (from {unsub['from_status']}) "
+                              f"and was still sent {n} email(s)")
+
+
+def _process_notes(ev: Evidence, report: Report) -> None:
+    own = [e for e in ev.exits if e.get("ended_by") is None and e["name"] != "sescrash"]
+    if own:
+        report.notes.append(
+            "processes that exited on their own (restarted by the supervisor): "
+            + ", ".join(f"{e['name']} pid {e['pid']} rc={e['returncode']} ({e['log']})" for e in own[:8])
+        )

@@ -1,0 +1,199 @@
+"""Fault schedules: what goes wrong, when, during one chaos example.
+
+A schedule is plain data (so it can be printed, shrunk by hypothesis and
+replayed from a string): the shape of the cluster (how many workers, which
+one runs with a skewed clock, which one crashes right after the SES call), the
+batch of campaigns (how many, how many with an address Zillow does not know or
+an email the verifier rejects) and a list of timed faults.
+
+Fault kinds are listed simplest first: hypothesis shrinks a ``sampled_from``
+towards its first element, so a failing schedule shrinks towards worker kills
+and away from exotic faults, and times shrink towards zero.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import zlib
+from typing import Any
+
+import attrs
+from hypothesis import strategies as st
+
+#: Every fault kind, simplest first (the order hypothesis shrinks towards).
+KINDS: tuple[str, ...] = (
+    "kill_worker",  # SIGKILL one worker; the supervisor starts a new one
+    "kill_producer",
+    "kill_recovery",
+    "stop_worker",  # SIGSTOP for `duration` s, then SIGCONT: a zombie if longer than the liveness TTL
+    "unsubscribe",  # `campaignctl unsubscribe` of campaign number `target` mid-run
+    "provider_faults",  # the sandbox injects `spec` for `duration` s
+    "redis_restart",  # graceful restart, data kept (AOF)
+    "redis_crash",  # SIGKILL + start from the AOF (fsync everysec: the last second may be lost)
+    "redis_flushall",  # FLUSHALL on the live server
+    "redis_wipe",  # SIGKILL + start empty (a fresh server)
+    "pg_restart",  # PostgreSQL fast shutdown and start
+)
+#: Kinds that act on one worker (``target`` is the worker's index).
+WORKER_KINDS = frozenset({"kill_worker", "stop_worker"})
+#: Kinds that make Redis lose data (the rate limiter's state goes with it).
+REDIS_LOSS_KINDS = frozenset({"redis_crash", "redis_flushall", "redis_wipe"})
+
+#: Providers the sandbox can inject faults into (the rate-limit bucket names).
+PROVIDERS: tuple[str, ...] = ("zillow", "zillow56", "rentcast", "bedrock", "email_verification", "ses")
+#: Injectable provider faults, simplest first.
+PROVIDER_FAULTS: tuple[str, ...] = ("5xx", "429", "malformed", "timeout")
+
+#: Faults happen within this many seconds of the producer starting (deciseconds in the strategy).
+HORIZON_S = 10.0
+
+
+@attrs.frozen
+class Fault:
+    """One timed fault. ``at`` is seconds after the producer started."""
+
+    at: float
+    kind: str
+    #: Worker index for worker faults, campaign number (0-based) for unsubscribe.
+    target: int = 0
+    #: Length of a stop or of a provider-fault window, in s.
+    duration: float = 0.0
+    #: Sandbox fault spec for provider_faults, e.g. "bedrock:429=0.5".
+    spec: str = ""
+
+    def describe(self) -> str:
+        out = f"t={self.at:.1f}s {self.kind}"
+        if self.kind in WORKER_KINDS:
+            out += f" worker#{self.target}"
+        if self.kind == "unsubscribe":
+            out += f" campaign#{self.target}"
+        if self.duration:
+            out += f" for {self.duration:.1f}s"
+        if self.spec:
+            out += f" [{self.spec}]"
+        return out
+
+
+@attrs.frozen
+class Schedule:
+    """A cluster shape, a batch of campaigns and the faults applied to them."""
+
+    campaigns: int = 8
+    #: Campaigns whose street contains "Nowhere" (Zillow does not know them): they end in ERROR.
+    unknown_addresses: int = 0
+    #: Campaigns whose email the verifier rejects: they end in ERROR, never sent.
+    bad_emails: int = 0
+    workers: int = 2
+    concurrency: int = 2
+    #: Worker #0 runs with a clock-skewed environment (TZ and the skew knob), in s (0 = none).
+    clock_skew: float = 0.0
+    #: One extra worker runs with CE_TEST_CRASH_AFTER_SES_CALL: it dies between the SES call and its record.
+    ses_crash_worker: bool = False
+    faults: tuple[Fault, ...] = ()
+
+    # -- replay strings ------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        data = attrs.asdict(self)
+        data["faults"] = [attrs.asdict(f) for f in self.faults]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Schedule:
+        data = dict(data)
+        data["faults"] = tuple(Fault(**f) for f in data.get("faults", ()))
+        return cls(**data)
+
+    def replay_string(self) -> str:
+        """A compact, shell-safe string that ``--chaos-replay`` accepts."""
+        raw = json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True).encode()
+        return base64.urlsafe_b64encode(zlib.compress(raw, 9)).decode().rstrip("=")
+
+    @classmethod
+    def from_replay(cls, text: str) -> Schedule:
+        """Parse a replay string, or the schedule as plain JSON (easier to edit by hand)."""
+        text = text.strip()
+        if text.startswith("{"):
+            return cls.from_dict(json.loads(text))
+        padded = text + "=" * (-len(text) % 4)
+        return cls.from_dict(json.loads(zlib.decompress(base64.urlsafe_b64decode(padded))))
+
+    # -- printing --------------------------------------------------------------
+
+    def describe(self) -> str:
+        head = (
+            f"{self.campaigns} campaigns ({self.unknown_addresses} unknown address, {self.bad_emails} bad email), "
+            f"{self.workers} workers x{self.concurrency}"
+        )
+        if self.clock_skew:
+            head += f", worker#0 clock skew {self.clock_skew:+.0f}s"
+        if self.ses_crash_worker:
+            head += ", +1 worker that crashes after the SES call"
+        lines = [head] + [f"  {f.describe()}" for f in sorted(self.faults, key=lambda f: f.at)]
+        if not self.faults:
+            lines.append("  (no faults)")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"Schedule<{self.describe()}\n  replay: --chaos-replay={self.replay_string()}>"
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:  # hypothesis' pretty printer
+        p.text(repr(self))
+
+    def fault_kinds(self) -> set[str]:
+        kinds = {f.kind for f in self.faults}
+        if self.clock_skew:
+            kinds.add("clock_skew")
+        if self.ses_crash_worker:
+            kinds.add("crash_after_ses_call")
+        return kinds
+
+
+# -- strategies ----------------------------------------------------------------
+
+_at = st.integers(min_value=0, max_value=int(HORIZON_S * 10)).map(lambda d: d / 10)
+
+
+@st.composite
+def provider_spec(draw: st.DrawFn) -> str:
+    """One provider (or "*") with one or two injected faults, e.g. "bedrock:429=0.5,5xx=0.2"."""
+    provider = draw(st.sampled_from(("*",) + PROVIDERS))
+    kinds = draw(st.lists(st.sampled_from(PROVIDER_FAULTS), min_size=1, max_size=2, unique=True))
+    parts = [f"{k}={draw(st.sampled_from((0.3, 0.6, 0.9)))}" for k in kinds]
+    return f"{provider}:{','.join(parts)}"
+
+
+@st.composite
+def fault(draw: st.DrawFn, *, workers: int, campaigns: int) -> Fault:
+    kind = draw(st.sampled_from(KINDS))
+    at = draw(_at)
+    if kind == "kill_worker":
+        return Fault(at, kind, target=draw(st.integers(0, workers - 1)))
+    if kind == "stop_worker":
+        # Short stops pause a worker; stops beyond the liveness TTL make a zombie whose lease is taken away.
+        duration = draw(st.sampled_from((4.0, 1.0, 8.0)))
+        return Fault(at, kind, target=draw(st.integers(0, workers - 1)), duration=duration)
+    if kind == "unsubscribe":
+        return Fault(at, kind, target=draw(st.integers(0, campaigns - 1)))
+    if kind == "provider_faults":
+        return Fault(at, kind, duration=draw(st.sampled_from((2.0, 1.0, 5.0))), spec=draw(provider_spec()))
+    return Fault(at, kind)
+
+
+@st.composite
+def schedules(draw: st.DrawFn, *, max_campaigns: int = 8, max_faults: int = 6) -> Schedule:
+    """A whole schedule; the defaults fit the CI budget (a small batch, a handful of faults)."""
+    campaigns = draw(st.integers(min_value=4, max_value=max_campaigns))
+    workers = draw(st.integers(min_value=2, max_value=3))
+    faults = draw(st.lists(fault(workers=workers, campaigns=campaigns), max_size=max_faults))
+    return Schedule(
+        campaigns=campaigns,
+        unknown_addresses=draw(st.integers(0, 1)),
+        bad_emails=draw(st.integers(0, 1)),
+        workers=workers,
+        concurrency=draw(st.integers(min_value=2, max_value=4)),
+        clock_skew=draw(st.sampled_from((0.0, 3600.0, -90.0))),
+        ses_crash_worker=draw(st.booleans()),
+        faults=tuple(faults),
+    )

@@ -1,0 +1,147 @@
+"""The chaos suite: hypothesis picks fault schedules, the real system runs under them, invariants judge.
+
+Each example starts a fresh Redis, database and sandbox, runs a small batch of
+campaigns to rest under its schedule (tests/chaos/harness.py) and checks the
+six invariants (tests/chaos/invariants.py). A failure prints the schedule
+hypothesis shrank it to, what happened when, the violations, the warnings in
+the processes' logs, and the replay string:
+
+    pytest tests/chaos --chaos-replay=<string>
+
+Budget: CHAOS_EXAMPLES generated schedules (default 4) plus the fixed
+schedules below, which make sure every fault kind runs in every CI build.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, Phase, example, given, note, seed, settings
+
+from tests.chaos import invariants
+from tests.chaos.harness import Cluster
+from tests.chaos.schedule import Fault, Schedule, schedules
+from tests.servers import PostgresServer
+
+#: Generated schedules per run (CI default; raise with CHAOS_EXAMPLES).
+EXAMPLES = int(os.environ.get("CHAOS_EXAMPLES", "4"))
+#: Providers' time scale: 60 turns 10/min into 10/s.
+TIME_SCALE = float(os.environ.get("CHAOS_TIME_SCALE", "60"))
+#: How long a run may take to come to rest after its schedule ends, in s.
+REST_TIMEOUT_S = float(os.environ.get("CHAOS_REST_TIMEOUT", "120"))
+#: Campaigns per generated batch.
+MAX_CAMPAIGNS = int(os.environ.get("CHAOS_CAMPAIGNS", "8"))
+#: Set CHAOS_SHRINK=0 to report the first failing schedule without shrinking it.
+SHRINK = os.environ.get("CHAOS_SHRINK", "1") != "0"
+
+#: Every fault kind at least once, in CI on every build (then hypothesis adds random schedules).
+EVERYTHING = Schedule(
+    campaigns=8,
+    unknown_addresses=1,
+    bad_emails=1,
+    workers=3,
+    concurrency=3,
+    clock_skew=3600.0,
+    ses_crash_worker=True,
+    faults=(
+        Fault(0.5, "provider_faults", duration=3.0, spec="bedrock:429=0.6;zillow:5xx=0.3,malformed=0.2"),
+        Fault(1.0, "kill_worker", target=1),
+        Fault(1.5, "stop_worker", target=2, duration=5.0),
+        Fault(2.0, "unsubscribe", target=3),
+        Fault(2.5, "kill_producer"),
+        Fault(3.0, "redis_crash"),
+        Fault(4.0, "kill_recovery"),
+        Fault(4.5, "pg_restart"),
+        Fault(5.0, "provider_faults", duration=2.0, spec="*:timeout=0.3,5xx=0.3"),
+        Fault(6.0, "redis_wipe"),
+        Fault(7.0, "redis_restart"),
+        Fault(8.0, "unsubscribe", target=7),
+        Fault(8.5, "redis_flushall"),
+        Fault(9.0, "kill_worker", target=0),
+    ),
+)
+
+#: Tallies over the whole session, printed at the end of the test.
+COVERAGE: Counter[str] = Counter()
+
+
+def run_and_check(schedule: Schedule, pg: PostgresServer, workdir: Path) -> None:
+    """One example: run the schedule to rest, check the invariants, raise with everything a reader needs."""
+    started = time.monotonic()
+    with Cluster(pg=pg, workdir=workdir, schedule=schedule, time_scale=TIME_SCALE) as cluster:
+        cluster.start()
+        cluster.run_schedule()
+        at_rest, state = cluster.wait_for_rest(REST_TIMEOUT_S)
+        evidence = cluster.collect()
+        report = invariants.check(evidence, at_rest=at_rest)
+        timeline = cluster.describe_run()
+        tails = cluster.log_tails() if not report.ok else ""
+    took = time.monotonic() - started
+    COVERAGE["examples"] += 1
+    COVERAGE["campaigns"] += schedule.campaigns
+    for f in schedule.faults:
+        COVERAGE[f.kind] += 1
+    for k in ("clock_skew", "crash_after_ses_call"):
+        if k in schedule.fault_kinds():
+            COVERAGE[k] += 1
+    summary = f"[chaos] {took:5.1f}s  {schedule.describe().splitlines()[0]}; {len(schedule.faults)} faults; " + (
+        "ok" if report.ok else "FAILED"
+    )
+    print(summary)
+    print("        " + "\n        ".join(report.notes))
+    replay = schedule.replay_string()
+    note(f"replay: pytest tests/chaos --chaos-replay={replay}")
+    if not report.ok:
+        raise AssertionError(
+            "\n".join(
+                [
+                    "chaos schedule broke the system's guarantees",
+                    "schedule: " + schedule.describe(),
+                    "what happened:",
+                    timeline,
+                    report.render(),
+                    f"final quiet state: {state}",
+                    f"process logs: {workdir / 'logs'}",
+                    tails,
+                    f"replay: pytest tests/chaos --chaos-replay={replay}",
+                ]
+            )
+        )
+
+
+@pytest.mark.slow
+def test_chaos(chaos_pg: PostgresServer, chaos_replay: Schedule | None, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Random fault schedules (plus the fixed EVERYTHING one) keep all six invariants."""
+    if chaos_replay is not None:
+        print(f"[chaos] replaying: {chaos_replay.describe()}")
+        run_and_check(chaos_replay, chaos_pg, tmp_path_factory.mktemp("chaos-replay"))
+        return
+
+    chosen_seed = int(os.environ.get("CHAOS_SEED", str(int.from_bytes(os.urandom(4), "big"))))
+    print(f"[chaos] hypothesis seed {chosen_seed} (CHAOS_SEED={chosen_seed} reproduces the same draws), "
+          f"{EXAMPLES} generated examples + 1 fixed, time scale {TIME_SCALE}")
+    phases = [Phase.explicit, Phase.generate] + ([Phase.shrink] if SHRINK else [])
+
+    @seed(chosen_seed)
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        database=None,
+        phases=phases,
+        print_blob=True,
+        suppress_health_check=list(HealthCheck),
+    )
+    @example(schedule=EVERYTHING)
+    @given(schedule=schedules(max_campaigns=MAX_CAMPAIGNS))
+    def chaos_example(schedule: Schedule) -> None:
+        run_and_check(schedule, chaos_pg, tmp_path_factory.mktemp("chaos"))
+
+    try:
+        chaos_example()
+    finally:
+        print("[chaos] coverage: " + json.dumps(dict(sorted(COVERAGE.items()))))
