@@ -399,14 +399,17 @@ class Cluster:
         elif k == "provider_faults":
             self.provider_faults_on(fault.spec, fault.duration)
         elif k == "redis_restart":
-            self.note("redis: graceful restart (AOF kept)")
+            self.note(f"redis: graceful stop, down {fault.duration:.1f}s, start (AOF kept)")
             assert self.redis_server
-            self.redis_server.restart()
+            self.redis_server.stop()
+            time.sleep(fault.duration)
+            self.redis_server.start()
             self.servers_restarted.add("redis")
         elif k == "redis_crash":
-            self.note("redis: SIGKILL and start from the AOF")
+            self.note(f"redis: SIGKILL, down {fault.duration:.1f}s, start from the AOF")
             assert self.redis_server
             self.redis_server.kill()
+            time.sleep(fault.duration)
             self.redis_server.start()
             self.servers_restarted.add("redis")
         elif k == "redis_flushall":
@@ -414,9 +417,10 @@ class Cluster:
             self.redis_client().flushall()
             self.servers_restarted.add("redis")
         elif k == "redis_wipe":
-            self.note("redis: SIGKILL and start empty")
+            self.note(f"redis: SIGKILL, down {fault.duration:.1f}s, start empty")
             assert self.redis_server
             self.redis_server.kill()
+            time.sleep(fault.duration)
             for f in self.redis_server.dir.iterdir():
                 if f.is_dir():
                     shutil.rmtree(f)
@@ -425,8 +429,10 @@ class Cluster:
             self.redis_server.start()
             self.servers_restarted.add("redis")
         elif k == "pg_restart":
-            self.note("postgres: fast shutdown and start")
-            self.pg.restart()
+            self.note(f"postgres: fast shutdown, down {fault.duration:.1f}s, start")
+            self.pg.stop()
+            time.sleep(fault.duration)
+            self.pg.start()
             self.servers_restarted.add("postgres")
         else:
             raise ValueError(f"unknown fault kind {k!r}")

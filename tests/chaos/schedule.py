@@ -178,6 +178,9 @@ def fault(draw: st.DrawFn, *, workers: int, campaigns: int) -> Fault:
         return Fault(at, kind, target=draw(st.integers(0, campaigns - 1)))
     if kind == "provider_faults":
         return Fault(at, kind, duration=draw(st.sampled_from((2.0, 1.0, 5.0))), spec=draw(provider_spec()))
+    if kind in ("redis_restart", "redis_crash", "redis_wipe", "pg_restart"):
+        # How long the server stays down before it starts again, in s.
+        return Fault(at, kind, duration=draw(st.sampled_from((0.0, 2.0))))
     return Fault(at, kind)
 
 
