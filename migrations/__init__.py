@@ -1,0 +1,1 @@
+"""Alembic environment and revisions for the campaign database (see runner.py)."""

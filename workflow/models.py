@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -61,13 +62,14 @@ class Campaign(Base):
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     # The old system's columns, kept in sync on every transition (workflow.legacy).
-    property_data_status: Mapped[str] = mapped_column(String(20), default="pending")
-    listings_status: Mapped[str] = mapped_column(String(20), default="pending")
-    sales_status: Mapped[str] = mapped_column(String(20), default="pending")
-    market_data_status: Mapped[str] = mapped_column(String(20), default="pending")
-    analysis_status: Mapped[str] = mapped_column(String(20), default="pending")
-    email_status: Mapped[str] = mapped_column(String(20), default="pending")
-    is_unsubscribed: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Their server defaults are the old schema's (migration 0001), so old writers still work.
+    property_data_status: Mapped[str] = mapped_column(String(20), default="pending", server_default="pending")
+    listings_status: Mapped[str] = mapped_column(String(20), default="pending", server_default="pending")
+    sales_status: Mapped[str] = mapped_column(String(20), default="pending", server_default="pending")
+    market_data_status: Mapped[str] = mapped_column(String(20), default="pending", server_default="pending")
+    analysis_status: Mapped[str] = mapped_column(String(20), default="pending", server_default="pending")
+    email_status: Mapped[str] = mapped_column(String(20), default="pending", server_default="pending")
+    is_unsubscribed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
