@@ -31,16 +31,16 @@ count of a failing stage (the old system did not count at all).
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import attrs
 from sqlalchemy import Connection, Engine, func, select, text
 
 from engine.errors import Discard, Permanent, RateLimited, Transient
+from engine.registry import Registry
 from engine.task import Task
 from workflow.models import Campaign
 from workflow.states import EMAIL_SENDING, TASK_TYPES, Stage, Status, expected_position
@@ -54,24 +54,8 @@ DEFAULT_POLL_INTERVAL = 1.0
 DEFAULT_POLL_BATCH = 20
 #: First key of the two-key advisory locks, so ours never collide with another application's (int4).
 ADVISORY_LOCK_CLASS = 0x43450001
-#: Retry policy used when the registry does not give one: attempts, first backoff (s), longest backoff (s).
-DEFAULT_MAX_ATTEMPTS, DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_CAP = 5, 1.0, 60.0
 
 campaigns = Campaign.__table__
-
-Handler = Callable[[Task, Any], None]
-
-
-@attrs.frozen
-class Policy:
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS
-    base: float = DEFAULT_BACKOFF_BASE
-    cap: float = DEFAULT_BACKOFF_CAP
-
-    def backoff(self, attempt: int) -> float:
-        """Exponential backoff with full jitter, in s."""
-        return random.uniform(0, min(self.cap, self.base * 2 ** max(0, attempt - 1)))
-
 
 class PollingContext:
     """The ``TaskContext`` surface for a handler run by the poller.
@@ -122,28 +106,24 @@ class PollingDispatcher:
         self,
         *,
         store: CampaignStore,
-        handlers: dict[str, Handler],
+        registry: Registry,
         limiter: Any,
         worker_id: str,
         task_types: Sequence[str] = TASK_TYPES,
-        policies: dict[str, Policy] | None = None,
-        on_dead_letter: Callable[[Task, str, str], None] | None = None,
         max_token_sleep: float = 10.0,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         batch: int = DEFAULT_POLL_BATCH,
         start_due: bool | None = None,
     ) -> None:
-        unknown = set(task_types) - set(handlers)
+        unknown = set(task_types) - set(registry.task_types)
         if unknown:
             raise ValueError(f"no handler for task types {sorted(unknown)}")
         self.store = store
         self.engine: Engine = store.engine
-        self.handlers = handlers
+        self.registry = registry
         self.limiter = limiter
         self.worker_id = worker_id
         self.task_types = tuple(task_types)
-        self.policies = policies or {}
-        self.on_dead_letter = on_dead_letter
         self.max_token_sleep = max_token_sleep
         self.poll_interval = poll_interval
         self.batch = batch
@@ -283,13 +263,15 @@ class PollingDispatcher:
             backoff = self._backoff.get(key) or _Backoff()
         task = attrs.evolve(Task.new(task_type, campaign_id), retry_count=backoff.attempts)
         ctx = PollingContext(task, self.worker_id, self.limiter, self.max_token_sleep, self.stop_event)
-        policy = self.policies.get(task_type, Policy())
+        policy = self.registry.policy(task_type)
+        handler = self.registry.handler(task_type)
+        assert handler is not None
         try:
-            self.handlers[task_type](task, ctx)
+            handler(task, ctx)
         except RateLimited as exc:
             if exc.api:
                 self.limiter.pause(exc.api, exc.retry_after)
-            self._defer(key, backoff, exc.retry_after, count=False)
+            self._defer(key, backoff, exc.retry_after)
             return
         except Discard as exc:
             log.info("campaign %s %s: nothing to do (%s)", campaign_id, task_type, exc)
@@ -300,19 +282,19 @@ class PollingDispatcher:
             self._forget(key)
             return
         except Exception as exc:  # noqa: BLE001 - Transient, or unexpected (counts as transient)
-            attempts = backoff.attempts + 1
-            if attempts >= policy.max_attempts:
+            if policy.exhausted(backoff.attempts):
                 kind = "transient" if isinstance(exc, Transient) else type(exc).__name__
-                self._dead(task, f"{kind} failure, {attempts} attempts: {exc}", repr(exc))
+                self._dead(task, f"{kind} failure after {backoff.attempts + 1} attempts: {exc}", repr(exc))
                 self._forget(key)
             else:
-                log.warning("campaign %s %s: attempt %d failed: %s", campaign_id, task_type, attempts, exc)
-                self._defer(key, attrs.evolve(backoff, attempts=attempts), policy.backoff(attempts), count=True)
+                log.warning("campaign %s %s: attempt %d failed: %s", campaign_id, task_type, backoff.attempts + 1, exc)
+                delay = policy.backoff(backoff.attempts)
+                self._defer(key, attrs.evolve(backoff, attempts=backoff.attempts + 1), delay)
             return
         self._forget(key)
         self.handled += 1
 
-    def _defer(self, key: tuple[int, str], backoff: _Backoff, seconds: float, *, count: bool) -> None:
+    def _defer(self, key: tuple[int, str], backoff: _Backoff, seconds: float) -> None:
         with self._mutex:
             self._backoff[key] = attrs.evolve(backoff, not_before=time.monotonic() + seconds)
 
@@ -321,10 +303,12 @@ class PollingDispatcher:
             self._backoff.pop(key, None)
 
     def _dead(self, task: Task, reason: str, error: str) -> None:
-        """What the queue engine does with a dead letter: the campaign goes to ERROR with the reason."""
-        if self.on_dead_letter is not None:
-            self.on_dead_letter(task, reason, error)
-            return
+        """What the queue engine does with a dead letter: the app's hooks move the campaign to ERROR.
+
+        The fail below is a compare-and-set no-op when a hook already did it; it
+        keeps a poller with a bare registry from retrying a dead stage forever.
+        """
+        self.registry.dead_lettered(task, reason, error)
         status, stage = expected_position(task.task_type)
         self.store.apply(task.campaign_id, "fail", expect=Expect(status=status, stage=stage), task_id=task.task_id,
                          worker_id=self.worker_id, error=reason)
