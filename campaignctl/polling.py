@@ -71,6 +71,8 @@ class PollingContext:
         self._limiter = limiter
         self._max_token_sleep = max_token_sleep
         self._stop = stop or threading.Event()
+        #: Never set here: the poller's claim (advisory lock or CAS) cannot be taken away mid-run.
+        self.lease_lost = threading.Event()
 
     def acquire(self, api: str) -> None:
         """Wait for a token of ``api``'s shared bucket, or defer the stage if the wait is long."""
@@ -89,8 +91,8 @@ class PollingContext:
     def enqueue(self, task_type: str, campaign_id: int) -> None:
         return None
 
-    def heartbeat(self) -> None:
-        return None
+    def heartbeat(self) -> bool:
+        return True
 
 
 @attrs.define
