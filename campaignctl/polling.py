@@ -31,15 +31,17 @@ count of a failing stage (the old system did not count at all).
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import attrs
 from sqlalchemy import Connection, Engine, func, select, text
 
 from engine.errors import Discard, Permanent, RateLimited, Transient
+from engine.identity import new_worker_id
 from engine.registry import Registry
 from engine.task import Task
 from workflow.models import Campaign
@@ -336,3 +338,48 @@ def restrict(task_types: Collection[str] | None) -> tuple[str, ...]:
     if unknown:
         raise ValueError(f"unknown queues {sorted(unknown)}; known: {', '.join(TASK_TYPES)}")
     return tuple(task_types)
+
+
+def _env_number(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+    if value <= 0:
+        raise ValueError(f"{name} must be above 0, got {raw!r}")
+    return value
+
+
+def run_polling_worker(
+    *,
+    store: CampaignStore,
+    registry: Registry,
+    limiter: Any,
+    max_token_sleep: float,
+    task_types: Collection[str] | None,
+    concurrency: int,
+    burst: bool,
+    env: Mapping[str, str],
+) -> int:
+    """``campaignctl worker`` with DISPATCH_MODE=polling: poll until SIGTERM/SIGINT (or one pass with --burst)."""
+    dispatcher = PollingDispatcher(
+        store=store,
+        registry=registry,
+        limiter=limiter,
+        worker_id=new_worker_id(),
+        task_types=restrict(task_types),
+        max_token_sleep=max_token_sleep,
+        poll_interval=_env_number(env, "POLL_INTERVAL", DEFAULT_POLL_INTERVAL),
+        batch=int(_env_number(env, "POLL_BATCH", DEFAULT_POLL_BATCH)),
+    )
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: dispatcher.stop())
+    log.info("polling worker %s on %s (concurrency %d)", dispatcher.worker_id, ",".join(dispatcher.task_types),
+             concurrency)
+    dispatcher.run(concurrency, burst=burst)
+    log.info("polling worker %s stopped after %d stages", dispatcher.worker_id, dispatcher.handled)
+    return 0
