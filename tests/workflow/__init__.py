@@ -1,0 +1,1 @@
+"""Workflow tests: machine, legacy mapping, store, migrations, seed (SQLite and PostgreSQL)."""
