@@ -29,6 +29,12 @@ DEFAULT_PRODUCER_BATCH = 500
 DEFAULT_MAX_TOKEN_SLEEP = 10.0
 #: Multiplies every rate limit (use the sandbox's --time-scale factor).
 DEFAULT_RATE_SCALE = 1.0
+#: On SIGTERM, running handlers get this long to finish before their tasks are released, in s.
+DEFAULT_SHUTDOWN_GRACE = 30.0
+#: Safety-net lifetime of a dedup key (ack and dead-letter delete it long before), in s.
+DEFAULT_DEDUP_TTL = 86400.0
+#: Longest a worker blocks on one empty queue before looking at the others again, in s.
+DEFAULT_CLAIM_BLOCK = 0.5
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
@@ -71,6 +77,9 @@ class EngineSettings:
     producer_batch: int = DEFAULT_PRODUCER_BATCH
     max_token_sleep: float = DEFAULT_MAX_TOKEN_SLEEP
     rate_scale: float = DEFAULT_RATE_SCALE
+    shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
+    dedup_ttl: float = DEFAULT_DEDUP_TTL
+    claim_block: float = DEFAULT_CLAIM_BLOCK
 
     def __repr__(self) -> str:
         from engine.connection import redact_url
@@ -97,4 +106,7 @@ class EngineSettings:
             producer_batch=int(_float(env, "PRODUCER_BATCH", DEFAULT_PRODUCER_BATCH)),
             max_token_sleep=_float(env, "MAX_TOKEN_SLEEP", DEFAULT_MAX_TOKEN_SLEEP),
             rate_scale=_float(env, "RATE_SCALE", DEFAULT_RATE_SCALE) or DEFAULT_RATE_SCALE,
+            shutdown_grace=_float(env, "SHUTDOWN_GRACE", DEFAULT_SHUTDOWN_GRACE),
+            dedup_ttl=_float(env, "DEDUP_TTL", DEFAULT_DEDUP_TTL) or DEFAULT_DEDUP_TTL,
+            claim_block=_float(env, "CLAIM_BLOCK", DEFAULT_CLAIM_BLOCK) or DEFAULT_CLAIM_BLOCK,
         )

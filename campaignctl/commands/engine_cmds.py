@@ -1,0 +1,264 @@
+"""Engine commands: worker, producer, recovery, and the queue/worker/limit/DLQ inspection."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+from campaignctl.cli import Refused, UsageError, positive_int
+
+log = logging.getLogger(__name__)
+
+
+def _queue_list(text: str) -> list[str]:
+    from workflow.states import TASK_TYPES
+
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in TASK_TYPES]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown queue(s) {', '.join(unknown) or repr(text)}; known: {', '.join(TASK_TYPES)}")
+    return names
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("worker", help="run task handlers (until SIGTERM, or until empty with --burst)")
+    p.add_argument("--queues", type=_queue_list, default=None,
+                   help="comma-separated task types to consume, in priority order (default: all)")
+    p.add_argument("--concurrency", type=positive_int, default=1, help="handler threads (default 1)")
+    p.add_argument("--burst", action="store_true", help="exit once the queues and this worker are empty")
+    p.set_defaults(func=_worker)
+
+    p = sub.add_parser("producer", help="start due campaigns and enqueue their first task")
+    p.add_argument("--once", action="store_true", help="one pass, then exit")
+    p.set_defaults(func=_producer)
+
+    p = sub.add_parser("recovery", help="requeue tasks of dead workers and lapsed leases; re-enqueue stalled campaigns")
+    p.add_argument("--once", action="store_true", help="one pass, then exit")
+    p.set_defaults(func=_recovery)
+
+    p = sub.add_parser("queues", help="ready, in-flight and delayed tasks per queue, and dead letters")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_queues)
+
+    p = sub.add_parser("workers", help="registered workers, their liveness and current tasks")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_workers)
+
+    p = sub.add_parser("limits", help="rate limit per API: rate, burst, tokens now, paused until")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_limits)
+
+    p = sub.add_parser("dlq", help="dead letters: list, requeue, purge")
+    dsub = p.add_subparsers(dest="dlq_command", metavar="ACTION", required=True)
+    d = dsub.add_parser("list", help="list dead letters, oldest first")
+    d.add_argument("--json", action="store_true", help="machine-readable output")
+    d.set_defaults(func=_dlq_list)
+    d = dsub.add_parser("requeue", help="enqueue a fresh task for one dead letter (or all)")
+    which = d.add_mutually_exclusive_group(required=True)
+    which.add_argument("id", nargs="?", help="dead-letter id or task id")
+    which.add_argument("--all", action="store_true", help="every dead letter")
+    d.add_argument("--json", action="store_true", help="machine-readable output")
+    d.set_defaults(func=_dlq_requeue)
+    d = dsub.add_parser("purge", help="delete every dead letter")
+    d.add_argument("--json", action="store_true", help="machine-readable output")
+    d.set_defaults(func=_dlq_purge)
+
+
+def _ctx() -> Any:
+    from campaignctl.context import AppContext
+
+    return AppContext()
+
+
+# -- long-running commands -------------------------------------------------------------
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from campaignctl import wiring
+    from engine.identity import new_worker_id
+    from engine.worker import Worker
+    from workflow.states import TASK_TYPES
+
+    ctx = _ctx()
+    worker_id = new_worker_id()
+    registry = wiring.build_registry(ctx, worker_id=worker_id)
+    queues = args.queues or list(registry.task_types)
+    if not queues:
+        raise Refused("no task handlers are registered (is stages.handlers installed?)")
+    missing = [q for q in queues if registry.handler(q) is None]
+    if missing:
+        raise Refused(f"no handler registered for {', '.join(missing)}")
+    worker = Worker(ctx.redis, ctx.settings, registry, wiring.build_limiter(ctx), queues=queues,
+                    concurrency=args.concurrency, burst=args.burst, task_types=TASK_TYPES, worker_id=worker_id)
+    code = worker.run()
+    if worker.left_running:
+        # Handler threads still running past the grace period hold no lease any more; do not wait for them.
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(code)
+    return code
+
+
+def _producer(args: argparse.Namespace) -> int:
+    from campaignctl import wiring
+    from engine.identity import new_worker_id
+    from engine.producer import Producer
+
+    ctx = _ctx()
+    producer = Producer(wiring.build_queue(ctx), ctx.settings,
+                        wiring.producer_source(ctx, f"producer:{new_worker_id()}"))
+    _stop_on_signals(producer.stop)
+    return producer.run(once=args.once)
+
+
+def _recovery(args: argparse.Namespace) -> int:
+    from campaignctl import wiring
+    from engine.identity import new_worker_id
+    from engine.recovery import Recovery
+
+    ctx = _ctx()
+    registry = wiring.build_registry(ctx, worker_id=f"recovery:{new_worker_id()}", handlers={})
+    recovery = Recovery(ctx.redis, ctx.settings, wiring.build_queue(ctx), registry, wiring.reconcile_source(ctx))
+    _stop_on_signals(recovery.stop)
+    return recovery.run(once=args.once)
+
+
+def _stop_on_signals(stop: Any) -> None:
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop())
+
+
+# -- inspection ------------------------------------------------------------------------
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def _when(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    cells = [[str(c) for c in r] for r in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
+    return "\n".join(lines)
+
+
+def _queues(args: argparse.Namespace) -> int:
+    from campaignctl import wiring
+
+    stats = wiring.build_queue(_ctx()).stats()
+    if args.json:
+        _print_json(stats)
+        return 0
+    rows = [[name, q["ready"], q["in_flight"], q["delayed"]] for name, q in stats["queues"].items()]
+    print(_table(["queue", "ready", "in flight", "delayed"], rows))
+    print(f"dead letters: {stats['dead_letters']}")
+    return 0
+
+
+def _workers(args: argparse.Namespace) -> int:
+    from campaignctl import wiring
+
+    ctx = _ctx()
+    keys = wiring.build_queue(ctx).keys
+    raw = ctx.redis.hgetall(keys.workers)
+    ids = sorted(raw)
+    pipe = ctx.redis.pipeline(transaction=False)
+    for worker_id in ids:
+        pipe.exists(keys.worker(worker_id))
+    alive = pipe.execute() if ids else []
+    workers = []
+    for worker_id, up in zip(ids, alive):
+        info = raw[worker_id]
+        try:
+            entry = json.loads(info)
+        except ValueError:
+            entry = {"id": worker_id}
+        entry["alive"] = bool(up)
+        workers.append(entry)
+    if args.json:
+        _print_json({"workers": workers})
+        return 0
+    rows = [[w.get("id"), "alive" if w["alive"] else "DEAD", ",".join(w.get("queues", [])), w.get("concurrency"),
+             len(w.get("current_tasks", [])), _when(w.get("heartbeat"))] for w in workers]
+    print(_table(["worker", "state", "queues", "concurrency", "tasks", "last heartbeat"], rows) if rows
+          else "no workers registered")
+    return 0
+
+
+def _limits(args: argparse.Namespace) -> int:
+    from campaignctl import wiring
+
+    try:
+        limiter = wiring.build_limiter(_ctx())
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    status = limiter.status()
+    if args.json:
+        _print_json({"limits": status})
+        return 0
+    rows = [[api, f"{s['rate']:.4g}/s", s["burst"], f"{s['tokens']:.3f}",
+             _when(s["paused_until"]) if s["paused_until"] else "-"] for api, s in status.items()]
+    print(_table(["api", "rate", "burst", "tokens", "paused until"], rows))
+    return 0
+
+
+def _dlq_list(args: argparse.Namespace) -> int:
+    from campaignctl import wiring
+
+    entries = wiring.build_queue(_ctx()).dlq_list()
+    if args.json:
+        _print_json({"dead_letters": entries, "count": len(entries)})
+        return 0
+    if not entries:
+        print("no dead letters")
+        return 0
+    rows = [[e.get("id"), e.get("task_type") or "-", e.get("campaign_id") or "-", _when(e.get("at")),
+             str(e.get("reason"))[:80]] for e in entries]
+    print(_table(["id", "task type", "campaign", "at", "reason"], rows))
+    return 0
+
+
+def _dlq_requeue(args: argparse.Namespace) -> int:
+    from campaignctl import wiring
+
+    result = wiring.build_queue(_ctx()).dlq_requeue(None if args.all else args.id)
+    if args.json:
+        _print_json(result)
+    else:
+        for key in ("requeued", "already_live", "unusable", "not_found"):
+            if result[key]:
+                print(f"{key.replace('_', ' ')}: {', '.join(result[key])}")
+        if not any(result.values()):
+            print("no dead letters")
+    if not args.all and result["not_found"]:
+        raise UsageError(f"no dead letter with id {args.id!r}")
+    if result["unusable"]:
+        raise Refused(f"{len(result['unusable'])} dead letter(s) name no valid task type and campaign: "
+                      "fix or purge them")
+    return 0
+
+
+def _dlq_purge(args: argparse.Namespace) -> int:
+    from campaignctl import wiring
+
+    n = wiring.build_queue(_ctx()).dlq_purge()
+    if args.json:
+        _print_json({"purged": n})
+    else:
+        print(f"purged {n} dead letter(s)")
+    return 0

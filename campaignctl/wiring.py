@@ -1,0 +1,115 @@
+"""Wires the application to the generic engine: handlers, dead-letter hook, producer and reconcile sources.
+
+``engine`` knows nothing of campaigns; this module is where campaigns meet it.
+``stages`` is imported lazily so the engine commands work before (or without)
+the stage handlers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from campaignctl.context import AppContext
+from campaignctl.limits import rate_limits
+from engine.queue import TaskQueue
+from engine.ratelimit import RateLimiter
+from engine.registry import Registry
+from engine.retry import RetryPolicy
+from engine.task import Task
+from workflow.states import TASK_TYPES, expected_position, task_type_for
+from workflow.store import Expect
+
+log = logging.getLogger(__name__)
+
+#: Campaigns read per page by the reconcile source.
+RECONCILE_PAGE = 1000
+
+
+def build_queue(ctx: AppContext) -> TaskQueue:
+    return TaskQueue(ctx.redis, ctx.settings, TASK_TYPES)
+
+
+def build_limiter(ctx: AppContext) -> RateLimiter:
+    return RateLimiter(ctx.redis, ctx.settings, rate_limits(ctx.env))
+
+
+def load_handlers(ctx: AppContext) -> dict[str, Any]:
+    """``stages.handlers.build_handlers(ctx)``: task type -> handler or (handler, RetryPolicy); {} without stages."""
+    try:
+        from stages.handlers import build_handlers  # type: ignore[import-not-found]
+    except ModuleNotFoundError as exc:
+        if exc.name in ("stages", "stages.handlers"):
+            log.warning("stages.handlers is not installed: no task handlers registered")
+            return {}
+        raise
+    return dict(build_handlers(ctx))
+
+
+def build_registry(ctx: AppContext, *, worker_id: str | None = None,
+                   handlers: dict[str, Any] | None = None) -> Registry:
+    """Every stage handler, plus the hook that moves a dead-lettered campaign to ERROR."""
+    registry = Registry()
+    for task_type, entry in (load_handlers(ctx) if handlers is None else handlers).items():
+        if isinstance(entry, tuple):
+            handler, policy = entry
+            registry.register(task_type, handler, policy if isinstance(policy, RetryPolicy) else None)
+        else:
+            registry.register(task_type, entry)
+    registry.on_dead_letter(dead_letter_hook(ctx, worker_id))
+    return registry
+
+
+def dead_letter_hook(ctx: AppContext, worker_id: str | None = None) -> Callable[[Task | None, str, str | None], None]:
+    """Fail the campaign with the reason — only if it is still where the task expected it.
+
+    A stale dead letter (the campaign moved on, another copy of the task
+    succeeded) must not fail a campaign, hence the Expect on status and stage.
+    """
+
+    def hook(task: Task | None, reason: str, error: str | None) -> None:
+        if task is None:
+            return  # a malformed payload: no campaign to fail; it waits in the DLQ
+        try:
+            status, stage = expected_position(task.task_type)
+        except ValueError:
+            log.warning("dead letter of unknown task type %r: no campaign moved", task.task_type)
+            return
+        outcome = ctx.store.apply(task.campaign_id, "fail", expect=Expect(status=status, stage=stage),
+                                  error=reason, task_id=task.task_id, worker_id=worker_id)
+        log.log(logging.WARNING if outcome.applied else logging.INFO, "dead letter -> %s", outcome.message)
+
+    return hook
+
+
+def producer_source(ctx: AppContext, worker_id: str | None = None) -> Callable[[int], list[tuple[str, int]]]:
+    """Start due campaigns (compare-and-set in the database) and return their first tasks."""
+
+    def source(limit: int) -> list[tuple[str, int]]:
+        out = []
+        for snap in ctx.store.start_due(limit=limit, worker_id=worker_id):
+            task_type = task_type_for(snap.campaign_status, snap.processing_stage)
+            if task_type is not None:
+                out.append((task_type, snap.id))
+        return out
+
+    return source
+
+
+def reconcile_source(ctx: AppContext) -> Callable[[], Iterator[tuple[str, int]]]:
+    """Campaigns that need a live task and have not moved for STALL_THRESHOLD, page by page."""
+    older_than = dt.timedelta(seconds=ctx.settings.stall_threshold)
+
+    def source() -> Iterator[tuple[str, int]]:
+        after = 0
+        while True:
+            rows = ctx.store.stalled(older_than, limit=RECONCILE_PAGE, after_id=after)
+            for cid, task_type in rows:
+                yield task_type, cid
+            if len(rows) < RECONCILE_PAGE:
+                return
+            after = rows[-1][0]
+
+    return source

@@ -1,0 +1,21 @@
+--[[ dlq_requeue: take one entry out of the dead letters and enqueue a fresh task
+for it (retry_count 0, new task_id, fresh dedup).
+
+KEYS[1] list    {P}:failed_tasks
+KEYS[2] list    {P}:queue:<type>
+KEYS[3] string  {P}:dedup:<type>:<cid>
+ARGV[1] the dead-letter entry, exactly as stored
+ARGV[2] the new payload
+ARGV[3] the new task_id
+ARGV[4] dedup TTL in ms
+returns 1 requeued, 2 entry removed but a live task for (type, campaign) already
+exists, 0 the entry was no longer there
+]]
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then
+  return 0
+end
+if redis.call('SET', KEYS[3], ARGV[3], 'NX', 'PX', ARGV[4]) == false then
+  return 2
+end
+redis.call('RPUSH', KEYS[2], ARGV[2])
+return 1

@@ -1,0 +1,443 @@
+"""The task queue: enqueue with dedup, two-phase claim, fenced settle operations, the DLQ.
+
+Every state change is one Lua script (engine/lua/), so a task is always in
+exactly one place — a ready list, a worker's claiming list, an in-flight hash
+(with its lease), a delayed set or the dead letters — whatever instruction a
+worker dies at. Scripts that settle a leased task (ack, retry, requeue,
+dead-letter, renew) are fenced: they act only while the lease still holds the
+caller's lock value, so a worker whose lease was taken away (a zombie) changes
+nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Collection, Iterable, Sequence
+from typing import Any
+
+import attrs
+import redis
+
+from engine.keys import Keys, split_task_key, task_key
+from engine.scripts import Scripts
+from engine.settings import EngineSettings
+from engine.task import MAX_PAYLOAD_BYTES, MalformedTask, Task
+
+log = logging.getLogger(__name__)
+
+#: Longest error text kept in a dead-letter entry, in characters.
+MAX_ERROR_CHARS = 2000
+#: Most due tasks moved per delayed set by one promotion call.
+PROMOTE_BATCH = 500
+
+_SECRET_PARAM = re.compile(r"(?i)\b(api[_-]?key|apikey|key|token|password|secret|signature)=([^&\s\"']+)")
+_URL_PASSWORD = re.compile(r"(?<=://)([^:@/\s]*):([^@/\s]*)@")
+
+
+def redact(text: str) -> str:
+    """Mask credentials in URLs and query strings before an error is stored or logged."""
+    text = _URL_PASSWORD.sub(lambda m: f"{m.group(1)}:***@", text)
+    return _SECRET_PARAM.sub(lambda m: f"{m.group(1)}=***", text)
+
+
+@attrs.frozen
+class Lease:
+    """A task a worker holds: ``token`` is the lock value (``<fence>:<worker>``) that fences it."""
+
+    task: Task
+    payload: str
+    token: str
+    worker_id: str
+
+
+@attrs.frozen
+class Claim:
+    leases: list[Lease]
+    #: Dead-letter entries (dicts) of malformed payloads found while claiming.
+    rejected: list[dict[str, Any]]
+
+
+@attrs.frozen
+class Settled:
+    """What recovery did with one task: ``requeued``, ``dead`` or ``skipped`` (someone else has it)."""
+
+    action: str
+    task: Task | None = None
+    entry: dict[str, Any] | None = None
+
+
+def _now() -> float:
+    return time.time()
+
+
+class TaskQueue:
+    """Queues of the given task types under one key prefix."""
+
+    def __init__(self, client: redis.Redis, settings: EngineSettings, task_types: Collection[str]) -> None:
+        self.redis = client
+        self.settings = settings
+        self.keys = Keys(settings.key_prefix)
+        self.task_types = tuple(task_types)
+        self.scripts = Scripts(client)
+        self._rotation = 0
+
+    # -- timing -------------------------------------------------------------------
+
+    @property
+    def visibility_ms(self) -> int:
+        return max(1, int(self.settings.visibility_timeout * 1000))
+
+    @property
+    def dedup_ms(self) -> int:
+        return max(1, int(self.settings.dedup_ttl * 1000))
+
+    def server_ms(self) -> int:
+        """The Redis server's clock in ms (every deadline is on this clock)."""
+        sec, usec = self.redis.time()
+        return int(sec) * 1000 + int(usec) // 1000
+
+    # -- enqueue ------------------------------------------------------------------
+
+    def enqueue(self, task_type: str, campaign_id: int, delay: float = 0.0) -> Task | None:
+        """Add a task; None when (task_type, campaign_id) already has a live one."""
+        task = Task.new(task_type, campaign_id)
+        return task if self._enqueue(task, delay) else None
+
+    def enqueue_many(self, pairs: Iterable[tuple[str, int]]) -> list[Task | None]:
+        """Enqueue several (task_type, campaign_id) in one round trip; None where one was live."""
+        tasks = [Task.new(t, cid) for t, cid in pairs]
+        if not tasks:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for task in tasks:
+            self._enqueue(task, 0.0, client=pipe)
+        return [task if done else None for task, done in zip(tasks, pipe.execute())]
+
+    def _enqueue(self, task: Task, delay: float, client: Any = None) -> Any:
+        if task.task_type not in self.task_types:
+            raise ValueError(f"unknown task type {task.task_type!r}; known: {', '.join(self.task_types)}")
+        payload = task.to_json()
+        Task.from_json(payload, self.task_types)  # validated on the way in too
+        return self.scripts.enqueue(
+            keys=[self.keys.queue(task.task_type), self.keys.delayed(task.task_type),
+                  self.keys.dedup(task.task_type, task.campaign_id)],
+            args=[payload, task.task_id, max(0, int(delay * 1000)), self.dedup_ms],
+            client=client,
+        )
+
+    # -- claim --------------------------------------------------------------------
+
+    def claim(self, worker_id: str, queues: Sequence[str], count: int, block: float = 0.0) -> Claim:
+        """Lease up to ``count`` tasks from ``queues`` (in order); block up to ``block`` s when all are empty.
+
+        Phase 1 (claim.lua) moves payloads into the worker's claiming list;
+        Python validates them; phase 2 (lease.lua) leases the valid ones. Only
+        lease.lua knows the task ids, so only it can name the lock keys.
+        """
+        claiming = self.keys.claiming(worker_id)
+        qkeys = [self.keys.queue(t) for t in queues]
+        raws = self.scripts.claim(keys=[claiming, *qkeys], args=[count])
+        if not raws and block > 0 and qkeys:
+            source = qkeys[self._rotation % len(qkeys)]
+            self._rotation += 1
+            if self.redis.blmove(source, claiming, block, "RIGHT", "LEFT") is None:
+                return Claim([], [])
+            raws = self.scripts.claim(keys=[claiming, *qkeys], args=[count])
+        return self._lease(worker_id, claiming, raws)
+
+    def _lease(self, worker_id: str, claiming: str, raws: Sequence[str]) -> Claim:
+        valid: list[tuple[str, Task]] = []
+        rejected: list[dict[str, Any]] = []
+        for raw in raws:
+            try:
+                valid.append((raw, Task.from_json(raw, self.task_types)))
+            except MalformedTask as exc:
+                entry = self.malformed_entry(raw, exc.reason, worker_id)
+                if self.scripts.reject(keys=[claiming, self.keys.failed], args=[raw, json.dumps(entry)]):
+                    log.warning("malformed payload dead-lettered: %s", exc.reason)
+                    rejected.append(entry)
+        if not valid:
+            return Claim([], rejected)
+        keys = [claiming, self.keys.leases, self.keys.wtasks(worker_id), self.keys.fence]
+        args: list[Any] = [self.visibility_ms, worker_id]
+        for raw, task in valid:
+            keys += [self.keys.inflight(task.task_type), self.keys.task_lock(task.task_id)]
+            args += [raw, task.task_id, task.task_type]
+        tokens = self.scripts.lease(keys=keys, args=args)
+        leases = []
+        for (raw, task), token in zip(valid, tokens):
+            if token:
+                leases.append(Lease(task, raw, str(token), worker_id))
+            else:
+                log.info("task %s %s not leased: taken by recovery or a duplicate of a live task",
+                         task.task_type, task.task_id)
+        return Claim(leases, rejected)
+
+    # -- settle (fenced) ------------------------------------------------------------
+
+    def ack(self, lease: Lease) -> bool:
+        task = lease.task
+        return bool(self.scripts.ack(
+            keys=[self.keys.task_lock(task.task_id), self.keys.inflight(task.task_type), self.keys.leases,
+                  self.keys.dedup(task.task_type, task.campaign_id), self.keys.wtasks(lease.worker_id)],
+            args=[lease.token, task.task_id, task.task_type],
+        ))
+
+    def renew(self, leases: Sequence[Lease], client: Any = None) -> list[bool] | None:
+        """Extend every lease; with ``client`` (a pipeline) only queue the calls and return None."""
+        pipe = client if client is not None else self.redis.pipeline(transaction=False)
+        for lease in leases:
+            task = lease.task
+            self.scripts.renew(
+                keys=[self.keys.task_lock(task.task_id), self.keys.leases],
+                args=[lease.token, self.visibility_ms, task_key(task.task_type, task.task_id)],
+                client=pipe,
+            )
+        if client is not None:
+            return None
+        return [bool(x) for x in pipe.execute()]
+
+    def release(self, lease: Lease, *, lease_loss: bool = False) -> bool:
+        """Back to the front of its ready list, untouched (or counted as a lease loss)."""
+        task = lease.task
+        if lease_loss:
+            task = attrs.evolve(task, lease_losses=task.lease_losses + 1)
+        return self._requeue(task, lease.token, lease.worker_id)
+
+    def retry(self, lease: Lease, delay: float, *, spend_attempt: bool = True) -> bool:
+        """Into the delayed set, due in ``delay`` s; ``spend_attempt=False`` for rate-limit deferrals."""
+        task = lease.task
+        if spend_attempt:
+            task = attrs.evolve(task, retry_count=task.retry_count + 1)
+        return bool(self.scripts.retry(
+            keys=[self.keys.task_lock(task.task_id), self.keys.inflight(task.task_type), self.keys.leases,
+                  self.keys.delayed(task.task_type), self.keys.wtasks(lease.worker_id)],
+            args=[lease.token, task.task_id, task.task_type, task.to_json(), max(0, int(delay * 1000))],
+        ))
+
+    def dead_letter(self, lease: Lease, reason: str, error: str | None = None) -> dict[str, Any] | None:
+        """Into the dead letters; returns the entry, or None when the lease was lost."""
+        entry = self.task_entry(lease.task, reason, error, lease.worker_id)
+        done = self._dead_letter(lease.task, entry, lease.token, lease.worker_id)
+        return entry if done else None
+
+    def _requeue(self, task: Task, expected: str, holder: str | None) -> bool:
+        keys = [self.keys.task_lock(task.task_id), self.keys.inflight(task.task_type), self.keys.leases,
+                self.keys.queue(task.task_type)]
+        if holder:
+            keys.append(self.keys.wtasks(holder))
+        return bool(self.scripts.requeue(keys=keys, args=[expected, task.task_id, task.task_type, task.to_json()]))
+
+    def _dead_letter(self, task: Task, entry: dict[str, Any], expected: str, holder: str | None) -> bool:
+        keys = [self.keys.task_lock(task.task_id), self.keys.inflight(task.task_type), self.keys.leases,
+                self.keys.failed, self.keys.dedup(task.task_type, task.campaign_id)]
+        if holder:
+            keys.append(self.keys.wtasks(holder))
+        return bool(self.scripts.dead_letter(keys=keys, args=[expected, task.task_id, task.task_type,
+                                                              json.dumps(entry)]))
+
+    # -- recovery primitives ----------------------------------------------------------
+
+    def lapsed(self, limit: int = 1000) -> list[tuple[str, str]]:
+        """(task_type, task_id) of leases whose deadline passed, on the server's clock."""
+        members = self.redis.zrangebyscore(self.keys.leases, "-inf", self.server_ms(), start=0, num=limit)
+        return [split_task_key(m) for m in members]
+
+    def recover_leased(self, task_type: str, task_id: str, *, holder: str | None = None,
+                       only_holder: bool = False) -> Settled:
+        """Take a leased task away from its holder: requeue it (counters +1) or dead-letter it.
+
+        The lock value is read first and passed as the expected value, so if
+        the lease changes hands meanwhile the script does nothing.
+        ``only_holder``: skip tasks whose lock names another worker (recovering
+        a dead worker must not touch what a live one re-leased since).
+        """
+        lock_key = self.keys.task_lock(task_id)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.get(lock_key)
+        pipe.hget(self.keys.inflight(task_type), task_id)
+        value, raw = pipe.execute()
+        owner = value.split(":", 1)[1] if value and ":" in value else None
+        if only_holder and value and owner != holder:
+            return Settled("skipped")
+        holder = owner or holder
+        if raw is None:
+            # Nothing in flight: let the script drop a stale lease entry (only when the lock is gone).
+            self._requeue(Task(task_id, 1, task_type), value or "", holder)
+            return Settled("skipped")
+        try:
+            task = Task.from_json(raw, self.task_types)
+        except MalformedTask as exc:  # leased payloads were validated; a hand-edited hash is all that is left
+            task = Task(task_id, 1, task_type)
+            entry = self.malformed_entry(raw, exc.reason, holder)
+            return Settled("dead", None, entry) if self._dead_letter(task, entry, value or "", holder) else Settled("skipped")
+        losses = task.lease_losses + 1
+        if losses > self.settings.max_lease_losses:
+            reason = f"lost its lease {losses} times: crash loop or poison pill"
+            entry = self.task_entry(task, reason, None, holder)
+            if self._dead_letter(task, entry, value or "", holder):
+                return Settled("dead", task, entry)
+            return Settled("skipped")
+        moved = attrs.evolve(task, retry_count=task.retry_count + 1, lease_losses=losses)
+        if self._requeue(moved, value or "", holder):
+            return Settled("requeued", moved)
+        return Settled("skipped")
+
+    def recover_claiming(self, worker_id: str) -> list[Settled]:
+        """Put back what a dead worker moved into its claiming list but never leased."""
+        claiming = self.keys.claiming(worker_id)
+        out = []
+        for raw in self.redis.lrange(claiming, 0, -1):
+            try:
+                task = Task.from_json(raw, self.task_types)
+            except MalformedTask as exc:
+                entry = self.malformed_entry(raw, exc.reason, worker_id)
+                if self.scripts.reject(keys=[claiming, self.keys.failed], args=[raw, json.dumps(entry)]):
+                    out.append(Settled("dead", None, entry))
+                continue
+            losses = task.lease_losses + 1
+            dedup = self.keys.dedup(task.task_type, task.campaign_id)
+            if losses > self.settings.max_lease_losses:
+                entry = self.task_entry(task, f"lost its lease {losses} times: crash loop or poison pill",
+                                        None, worker_id)
+                if self.scripts.unclaim(keys=[claiming, self.keys.failed, dedup],
+                                        args=[raw, json.dumps(entry), task.task_id]):
+                    out.append(Settled("dead", task, entry))
+                continue
+            moved = attrs.evolve(task, retry_count=task.retry_count + 1, lease_losses=losses)
+            if self.scripts.unclaim(keys=[claiming, self.keys.queue(task.task_type)], args=[raw, moved.to_json()]):
+                out.append(Settled("requeued", moved))
+        return out
+
+    def promote_due(self, task_types: Sequence[str] | None = None, limit: int = PROMOTE_BATCH) -> int:
+        """Move due delayed tasks to their ready lists; returns how many moved."""
+        keys: list[str] = []
+        for t in task_types or self.task_types:
+            keys += [self.keys.delayed(t), self.keys.queue(t)]
+        return int(self.scripts.promote(keys=keys, args=[limit])) if keys else 0
+
+    def pending(self, task_types: Sequence[str]) -> int:
+        """Ready plus delayed tasks of these types (what ``--burst`` waits for)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for t in task_types:
+            pipe.llen(self.keys.queue(t))
+            pipe.zcard(self.keys.delayed(t))
+        return sum(pipe.execute())
+
+    # -- inspection ---------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """``{"queues": {type: {"key", "ready", "in_flight", "delayed"}}, "dead_letters": n}`` (SPEC §6)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for t in self.task_types:
+            pipe.llen(self.keys.queue(t))
+            pipe.hlen(self.keys.inflight(t))
+            pipe.zcard(self.keys.delayed(t))
+        pipe.llen(self.keys.failed)
+        counts = pipe.execute()
+        queues = {
+            t: {"key": self.keys.queue(t), "ready": counts[3 * i], "in_flight": counts[3 * i + 1],
+                "delayed": counts[3 * i + 2]}
+            for i, t in enumerate(self.task_types)
+        }
+        return {"queues": queues, "dead_letters": counts[-1]}
+
+    # -- dead letters ---------------------------------------------------------------
+
+    def task_entry(self, task: Task, reason: str, error: str | None, worker_id: str | None) -> dict[str, Any]:
+        return {
+            "id": task.task_id,
+            "task": json.loads(task.to_json()),
+            "task_type": task.task_type,
+            "campaign_id": task.campaign_id,
+            "reason": reason,
+            "error": redact(error)[:MAX_ERROR_CHARS] if error else None,
+            "at": _now(),
+            "worker_id": worker_id,
+        }
+
+    def malformed_entry(self, raw: str, reason: str, worker_id: str | None) -> dict[str, Any]:
+        """An entry for a payload that is not a valid task: the raw text is kept, never dropped."""
+        task_type = campaign_id = None
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            data = None
+        if isinstance(data, dict):
+            if isinstance(data.get("task_type"), str):
+                task_type = data["task_type"]
+            if isinstance(data.get("campaign_id"), int) and not isinstance(data.get("campaign_id"), bool):
+                campaign_id = data["campaign_id"]
+        kept = raw if len(raw) <= 2 * MAX_PAYLOAD_BYTES else raw[: 2 * MAX_PAYLOAD_BYTES]
+        return {
+            "id": uuid.uuid4().hex,
+            "task": kept,
+            "task_type": task_type,
+            "campaign_id": campaign_id,
+            "reason": f"malformed payload: {reason}",
+            "error": None if kept is raw else f"payload cut to {len(kept)} of {len(raw)} characters",
+            "at": _now(),
+            "worker_id": worker_id,
+        }
+
+    def _dlq_raw(self) -> list[str]:
+        return self.redis.lrange(self.keys.failed, 0, -1)
+
+    def dlq_list(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Dead-letter entries, oldest first (a stored entry that is not JSON is shown as ``raw``)."""
+        raws = self.redis.lrange(self.keys.failed, 0, -1 if limit is None else limit - 1)
+        return [_parse_entry(raw) for raw in raws]
+
+    def dlq_requeue(self, entry_id: str | None = None) -> dict[str, list[str]]:
+        """Enqueue a fresh task (retry_count 0, new task_id) for one entry (``id`` or task id) or all.
+
+        Returns ids by outcome: requeued, already_live (a live task for that
+        campaign and type exists; the entry is removed), unusable (no valid
+        task type and campaign id to rebuild a task from; the entry stays),
+        not_found.
+        """
+        out: dict[str, list[str]] = {"requeued": [], "already_live": [], "unusable": [], "not_found": []}
+        found = False
+        for raw in self._dlq_raw():
+            entry = _parse_entry(raw)
+            ids = {str(entry.get("id"))}
+            if isinstance(entry.get("task"), dict):
+                ids.add(str(entry["task"].get("task_id")))
+            if entry_id is not None and entry_id not in ids:
+                continue
+            found = True
+            label = str(entry.get("id"))
+            task_type, cid = entry.get("task_type"), entry.get("campaign_id")
+            if task_type not in self.task_types or not isinstance(cid, int) or isinstance(cid, bool) or cid <= 0:
+                out["unusable"].append(label)
+                continue
+            task = Task.new(task_type, cid)
+            result = self.scripts.dlq_requeue(
+                keys=[self.keys.failed, self.keys.queue(task_type), self.keys.dedup(task_type, cid)],
+                args=[raw, task.to_json(), task.task_id, self.dedup_ms],
+            )
+            {1: out["requeued"], 2: out["already_live"]}.get(int(result), out["not_found"]).append(label)
+        if entry_id is not None and not found:
+            out["not_found"].append(entry_id)
+        return out
+
+    def dlq_purge(self) -> int:
+        """Delete every dead letter; returns how many there were."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.llen(self.keys.failed)
+        pipe.delete(self.keys.failed)
+        return int(pipe.execute()[0])
+
+
+def _parse_entry(raw: str) -> dict[str, Any]:
+    try:
+        entry = json.loads(raw)
+    except ValueError:
+        entry = None
+    if not isinstance(entry, dict):
+        return {"id": None, "raw": raw, "reason": "unreadable dead-letter entry"}
+    return entry
