@@ -94,6 +94,17 @@ def _worker(args: argparse.Namespace) -> int:
     missing = [q for q in queues if registry.handler(q) is None]
     if missing:
         raise Refused(f"no handler registered for {', '.join(missing)}")
+    # Feature flag (SPEC §3): DISPATCH_MODE=polling runs the same handlers from the legacy database polling.
+    from campaignctl.polling import parse_dispatch_mode, run_polling_worker
+
+    try:
+        mode = parse_dispatch_mode(ctx.env.get("DISPATCH_MODE"))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if mode == "polling":
+        return run_polling_worker(store=ctx.store, registry=registry, limiter=wiring.build_limiter(ctx),
+                                  max_token_sleep=ctx.settings.max_token_sleep, task_types=queues,
+                                  concurrency=args.concurrency, burst=args.burst, env=ctx.env)
     worker = Worker(ctx.redis, ctx.settings, registry, wiring.build_limiter(ctx), queues=queues,
                     concurrency=args.concurrency, burst=args.burst, task_types=TASK_TYPES, worker_id=worker_id)
     code = worker.run()
