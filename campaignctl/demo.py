@@ -113,22 +113,18 @@ class DemoOptions:
 
 
 def plan_rates(env: Mapping[str, str]) -> dict[str, float]:
-    """Plan rate per provider in calls/s, with the RATE_<API> overrides the stages read ("10/min", "1/s")."""
-    rates = {}
-    for plan in PROVIDER_PLANS:
-        raw = env.get(f"RATE_{plan.name.upper()}")
-        rates[plan.name] = parse_rate(raw) if raw else plan.rate
-    return rates
+    """Plan rate per provider in calls/s, as the workers' limiter reads them (RATE_<API> overrides included)."""
+    from campaignctl.limits import rate_limits
+
+    limits = rate_limits(env)
+    return {plan.name: limits[plan.name].rate if plan.name in limits else plan.rate for plan in PROVIDER_PLANS}
 
 
 def parse_rate(text: str) -> float:
     """'10/min' -> 0.1667, '1/s' -> 1.0, '5' -> 5.0 (per second)."""
-    units = {"s": 1, "sec": 1, "second": 1, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
-    count, _, unit = text.strip().partition("/")
-    seconds = units.get(unit.strip().lower() or "s")
-    if seconds is None:
-        raise ValueError(f"unknown rate unit in {text!r}")
-    return float(count) / seconds
+    from campaignctl.limits import parse_rate as parse
+
+    return parse(text)
 
 
 def bottleneck(rates: Mapping[str, float], time_scale: float) -> tuple[str, float]:
