@@ -1,0 +1,82 @@
+"""Engine test fixtures: settings with short timers and a unique key prefix, a queue, worker processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from engine.queue import TaskQueue
+from engine.settings import EngineSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+#: Task types of the engine tests (the engine is generic; these are not the app's).
+TYPES = ("alpha", "beta")
+
+
+@pytest.fixture
+def settings(redis_url: str, key_prefix: str) -> EngineSettings:
+    return EngineSettings(
+        redis_url=redis_url,
+        key_prefix=key_prefix,
+        visibility_timeout=60.0,  # long on purpose: recovery must not need it
+        heartbeat_interval=0.1,
+        liveness_ttl=0.6,
+        max_lease_losses=3,
+        recovery_interval=0.1,
+        stall_threshold=0.5,
+        producer_interval=0.1,
+        max_token_sleep=1.0,
+        shutdown_grace=2.0,
+        claim_block=0.1,
+    )
+
+
+@pytest.fixture
+def queue(redis_client: redis.Redis, settings: EngineSettings) -> TaskQueue:
+    return TaskQueue(redis_client, settings, TYPES)
+
+
+def proc_env(settings: EngineSettings, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        PYTHONPATH=str(ROOT),
+        REDIS_URL=settings.redis_url,
+        KEY_PREFIX=settings.key_prefix,
+        VISIBILITY_TIMEOUT=str(settings.visibility_timeout),
+        HEARTBEAT_INTERVAL=str(settings.heartbeat_interval),
+        LIVENESS_TTL=str(settings.liveness_ttl),
+        MAX_LEASE_LOSSES=str(settings.max_lease_losses),
+        RECOVERY_INTERVAL=str(settings.recovery_interval),
+        STALL_THRESHOLD=str(settings.stall_threshold),
+        MAX_TOKEN_SLEEP=str(settings.max_token_sleep),
+        SHUTDOWN_GRACE=str(settings.shutdown_grace),
+        CLAIM_BLOCK=str(settings.claim_block),
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    out = open(log, "ab")  # noqa: SIM115 - the child owns it
+    try:
+        return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    finally:
+        out.close()
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Child processes a test starts; each is killed (by its pid) at the end."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+        p.wait(10)
