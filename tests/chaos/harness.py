@@ -66,6 +66,10 @@ CHAOS_TIMERS: dict[str, str] = {
     "PRODUCER_INTERVAL": "0.5",
     "VISIBILITY_TIMEOUT": "60",
     "MAX_TOKEN_SLEEP": "2",
+    "SHUTDOWN_GRACE": "5",
+    # Provider read timeouts: an injected timeout must cost seconds, not a minute.
+    "PROVIDER_CONNECT_TIMEOUT": "2",
+    **{f"{api.upper()}_TIMEOUT": "2" for api in PROVIDERS},
 }
 
 
@@ -676,15 +680,17 @@ def seed_row(i: int, kind: str) -> dict[str, Any]:
 def skewed_clock_env(skew: float) -> dict[str, str]:
     """Environment of a worker whose clock is wrong.
 
-    faketime is not available, so the skew is what the process can be told:
-    a far-off time zone (naive local-time bugs show up) and the engine's
-    CE_CLOCK_SKEW knob (seconds added to the process's own idea of now, read by
-    the engine where it uses the local clock at all). The engine's leases and
-    rate limits use Redis TIME, so a correct engine does not care.
+    faketime is not available and the engine has no clock knob: it reads
+    Redis ``TIME`` for leases, liveness and rate limits. So the worker gets a
+    far-off time zone (naive local-time bugs would show) and, through
+    tests/chaos/skew/sitecustomize.py, a ``time.time`` that is ``skew`` seconds off.
     """
-    hours = int(skew // 3600) if abs(skew) >= 3600 else 0
-    tz = f"UTC{-hours:+d}" if hours else "Pacific/Kiritimati"
-    return {"TZ": tz, "CE_CLOCK_SKEW": str(skew)}
+    tz = "Pacific/Kiritimati" if skew > 0 else "Pacific/Pago_Pago"
+    return {
+        "TZ": tz,
+        "CHAOS_CLOCK_SKEW": str(skew),
+        "PYTHONPATH": f"{Path(__file__).parent / 'skew'}{os.pathsep}{ROOT}",
+    }
 
 
 def parse_fault_spec(spec: str) -> dict[str, dict[str, float]]:

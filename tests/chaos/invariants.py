@@ -84,13 +84,15 @@ class Report:
 
 
 def plan_rates() -> dict[str, float]:
-    """The plan rates, with RATE_<API> overrides ("10/min", "1/s") as the engine reads them."""
-    rates = dict(PLAN_RATES)
-    for api in rates:
-        raw = os.environ.get(f"RATE_{api.upper()}")
-        if raw:
-            rates[api] = parse_rate(raw)
-    return rates
+    """Calls per second per provider before the time scale: the limiter's own table (RATE_<API> overrides).
+
+    Falls back to the CONTRACTS.md defaults if the application's table cannot be imported.
+    """
+    try:
+        from campaignctl.limits import rate_limits
+    except ImportError:
+        return dict(PLAN_RATES)
+    return {api: limit.rate for api, limit in rate_limits(dict(os.environ)).items()}
 
 
 def parse_rate(raw: str) -> float:
@@ -102,9 +104,12 @@ def parse_rate(raw: str) -> float:
 
 
 def pid_of(worker_id: str | None) -> int | None:
-    """The pid inside a worker id ("host:pid:random" or similar); None if there is none."""
+    """The pid inside a worker id (engine.identity: ``host:pid:random``); None if there is none."""
     if not worker_id:
         return None
+    parts = worker_id.rsplit(":", 2)
+    if len(parts) == 3 and parts[1].isdigit():
+        return int(parts[1])
     for part in re.split(r"[^0-9A-Za-z]+", worker_id):
         if part.isdigit() and 1 < int(part) < 4_194_305:
             return int(part)
