@@ -1,0 +1,162 @@
+"""What every stage does around its provider calls.
+
+A stage task (1) reads its campaign and returns at once when the campaign is
+not where the task type expects it (a duplicate or stale task: acknowledged,
+no provider called), (2) calls its provider(s), (3) in ONE transaction upserts
+its result keyed by (campaign, run, stage) and applies ``advance`` as a
+compare-and-set on the version it read, (4) after the commit enqueues the next
+stage. If the campaign moved meanwhile (a twin task won), the CAS fails and
+nothing is written.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from engine.errors import Discard
+from engine.errors import RateLimited as EngineRateLimited
+from engine.task import Task
+from stages.clients.bedrock import BedrockClient
+from stages.clients.email_verification import EmailVerificationClient
+from stages.clients.http import make_session
+from stages.clients.rentcast import RentCastClient
+from stages.clients.ses import SesClient
+from stages.clients.zillow import ZillowClient
+from stages.clients.zillow56 import Zillow56Client
+from stages.errors import PermanentError
+from stages.settings import ProviderSettings
+from workflow.states import PIPELINE, Stage, Status, expected_position, next_stage
+from workflow.store import CampaignStore, Expect, Outcome, Snapshot, upsert_stage_result
+
+log = logging.getLogger("stages")
+
+
+class Providers:
+    """The provider clients of one process, built on first use (boto3 clients take a while)."""
+
+    def __init__(self, settings: ProviderSettings) -> None:
+        self.settings = settings
+        self.session = make_session()
+
+    @functools.cached_property
+    def zillow(self) -> ZillowClient:
+        return ZillowClient(self.settings, self.session)
+
+    @functools.cached_property
+    def zillow56(self) -> Zillow56Client:
+        return Zillow56Client(self.settings, self.session)
+
+    @functools.cached_property
+    def rentcast(self) -> RentCastClient:
+        return RentCastClient(self.settings, self.session)
+
+    @functools.cached_property
+    def email_verification(self) -> EmailVerificationClient:
+        return EmailVerificationClient(self.settings, self.session)
+
+    @functools.cached_property
+    def bedrock(self) -> BedrockClient:
+        return BedrockClient(self.settings)
+
+    @functools.cached_property
+    def ses(self) -> SesClient:
+        return SesClient(self.settings)
+
+
+@attrs.define
+class Deps:
+    """What the stage handlers share: the store, the settings, the clients."""
+
+    store: CampaignStore
+    settings: ProviderSettings
+    providers: Providers
+    #: Waits for a token up to this long are slept by ctx.acquire; longer ones mean "paused", in s.
+    max_token_sleep: float = 10.0
+
+
+def begin(task: Task, deps: Deps) -> Snapshot | None:
+    """The campaign if the task has work to do; None for a duplicate/stale task; Discard if it is gone."""
+    snap = deps.store.get(task.campaign_id)
+    if snap is None:
+        raise Discard(f"campaign {task.campaign_id} does not exist")
+    status, stage = expected_position(task.task_type)
+    if snap.campaign_status is not status or snap.processing_stage is not stage:
+        log.info("%s task %s for campaign %s: campaign is %s, nothing to do (duplicate or stale)",
+                 task.task_type, task.task_id, snap.id, snap.state_name)
+        return None
+    return snap
+
+
+def earlier(deps: Deps, snap: Snapshot, stage: Stage) -> dict[str, Any] | None:
+    """What an earlier stage stored for this run (None if nothing, e.g. a campaign migrated mid-run)."""
+    return deps.store.stage_result(snap.id, snap.run_id, stage.value)
+
+
+def complete(task: Task, ctx: Any, deps: Deps, snap: Snapshot, stage: Stage, data: dict[str, Any]) -> Outcome:
+    """Store the result and advance in one transaction; then enqueue the next stage."""
+    cid, run = snap.id, snap.run_id
+
+    def store_result(conn: Any, before: Snapshot, after: Snapshot) -> None:
+        upsert_stage_result(conn, cid, run, stage.value, data)
+
+    outcome = deps.store.apply(
+        cid,
+        "advance",
+        expect=Expect(status=Status.PROCESSING, stage=stage, version=snap.version, run_id=run),
+        task_id=task.task_id,
+        worker_id=getattr(ctx, "worker_id", None),
+        detail=f"{stage.value} done",
+        within=store_result,
+    )
+    if not outcome.applied:
+        log.info("%s for campaign %s not recorded: %s", stage.value, cid, outcome.message)
+        return outcome
+    nxt = next_stage(stage)
+    if nxt is not None:
+        ctx.enqueue(nxt.value, cid)
+    return outcome
+
+
+def with_fallback(ctx: Any, deps: Deps, call: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+    """Run ``call(client)`` on zillow-com1, or on zillow56 when zillow-com1 is out or paused.
+
+    Falls back when zillow-com1 fails as an outage (quota, subscription, key,
+    gateway 404), when its bucket would make us wait longer than a worker
+    sleeps (ctx.acquire defers), or when it answers 429 with a longer wait.
+    "Property not found" is bad data, not an outage: no fallback.
+    """
+    providers = deps.providers
+    try:
+        return call(providers.zillow)
+    except EngineRateLimited as exc:
+        if exc.api is not None and exc.retry_after <= deps.max_token_sleep:
+            raise
+        primary: Exception = exc
+    except PermanentError as exc:
+        if not exc.outage:
+            raise
+        primary = exc
+    log.info("zillow-com1 unavailable (%s); using zillow56", primary)
+    try:
+        return call(providers.zillow56)
+    except EngineRateLimited as exc:
+        wait = min(exc.retry_after, getattr(primary, "retry_after", exc.retry_after))
+        raise EngineRateLimited(f"zillow and zillow56 both rate limited: {exc}", retry_after=wait, api=exc.api) from None
+    except PermanentError as exc:
+        if isinstance(primary, PermanentError):
+            raise PermanentError(exc.provider, f"{str(exc).split(': ', 1)[-1]} (after {primary})",
+                                 outage=exc.outage) from None
+        raise
+
+
+def zip_of(deps: Deps, snap: Snapshot) -> str:
+    facts = earlier(deps, snap, Stage.PROPERTY_DATA) or {}
+    return str(facts.get("zipcode") or snap.zip_code)
+
+
+__all__ = ["Deps", "Providers", "begin", "complete", "earlier", "with_fallback", "zip_of", "PIPELINE"]
