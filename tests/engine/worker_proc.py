@@ -96,7 +96,11 @@ def main() -> int:
     worker = Worker(r, settings, registry, None, concurrency=concurrency, task_types=types,
                     burst=os.environ.get("BURST") == "1")
     r.rpush(f"{settings.key_prefix}:test:workers", f"{os.getpid()} {worker.worker_id}")
-    return worker.run()
+    code = worker.run()
+    if worker.left_running:  # as campaignctl worker does: stuck handler threads must not block the exit
+        logging.shutdown()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":
