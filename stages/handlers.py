@@ -66,18 +66,18 @@ def make_deps(app: Any, *, settings: ProviderSettings | None = None, providers: 
     )
 
 
-def build_handlers(app: Any, *, deps: Deps | None = None) -> dict[str, Handler]:
-    """task type -> handle(task, ctx)."""
+def build_handlers(app: Any, *, deps: Deps | None = None) -> dict[str, tuple[Handler, RetryPolicy]]:
+    """task type -> (handle(task, ctx), RetryPolicy), the form campaignctl.wiring.build_registry takes."""
     deps = deps or make_deps(app)
-    out: dict[str, Handler] = {}
+    out: dict[str, tuple[Handler, RetryPolicy]] = {}
     for task_type, module in _MODULES.items():
         handler = functools.partial(module.handle, deps=deps)
         functools.update_wrapper(handler, module.handle)
-        out[task_type] = handler
+        out[task_type] = (handler, RETRY_POLICIES[task_type])
     return out
 
 
 def register_all(registry: Any, app: Any, *, deps: Deps | None = None) -> None:
     """Register every handler with its RetryPolicy in an engine.registry.Registry."""
-    for task_type, handler in build_handlers(app, deps=deps).items():
-        registry.register(task_type, handler, RETRY_POLICIES[task_type])
+    for task_type, (handler, policy) in build_handlers(app, deps=deps).items():
+        registry.register(task_type, handler, policy)
