@@ -126,8 +126,9 @@ class ProviderSettings:
     aws_region: str
     #: None = the real AWS endpoint for the region.
     aws_endpoint_url: str | None
-    #: Explicit credentials only for the sandbox; otherwise boto3's own chain decides.
-    aws_credentials: tuple[str, str] | None
+    #: (key id, secret, session token) when given in the environment (or placeholders for the sandbox);
+    #: None = boto3's own chain (instance role, AWS_PROFILE).
+    aws_credentials: tuple[str, str, str | None] | None
     bedrock_model_id: str
     bedrock_max_tokens: int
     ses_from_address: str
@@ -153,9 +154,11 @@ class ProviderSettings:
             rates[api] = parse_rate(raw) if raw else DEFAULT_RATES[api]
             bursts[api] = int(_float(env, f"BURST_{api.upper()}", DEFAULT_BURST))
         timeouts = {api: _float(env, f"{api.upper()}_TIMEOUT", DEFAULT_TIMEOUTS[api]) for api in APIS}
-        creds = None
-        if sandbox and not (env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY")):
-            creds = ("sandbox", "sandbox")
+        creds: tuple[str, str, str | None] | None = None
+        if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
+            creds = (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"], env.get("AWS_SESSION_TOKEN") or None)
+        elif sandbox:
+            creds = ("sandbox", "sandbox", None)
         return cls(
             sandbox_url=sandbox,
             zillow_key=_key(env, "ZILLOW_API_KEY", "RAPIDAPI_KEY", sandbox=bool(sandbox)),
@@ -189,7 +192,7 @@ class ProviderSettings:
         """Every configured secret, for scrubbing texts that might echo one."""
         values = [self.zillow_key, self.zillow56_key, self.rentcast_key, self.qev_key]
         if self.aws_credentials:
-            values += list(self.aws_credentials)
+            values += [v for v in self.aws_credentials[1:] if v]
         for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
             if os.environ.get(name):
                 values.append(os.environ[name])

@@ -54,7 +54,8 @@ def client(service: str, settings: ProviderSettings, api: str) -> Any:
     if settings.aws_endpoint_url:
         kwargs["endpoint_url"] = settings.aws_endpoint_url
     if settings.aws_credentials:
-        kwargs["aws_access_key_id"], kwargs["aws_secret_access_key"] = settings.aws_credentials
+        key_id, secret, token = settings.aws_credentials
+        kwargs.update(aws_access_key_id=key_id, aws_secret_access_key=secret, aws_session_token=token)
     return boto3.session.Session().client(service, **kwargs)
 
 
