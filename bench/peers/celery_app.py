@@ -6,6 +6,7 @@ configuration Celery documents for at-least-once delivery (recovery bench).
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -24,6 +25,7 @@ app.conf.update(
     worker_hijack_root_logger=False,
     broker_connection_retry_on_startup=True,
     worker_send_task_events=False,
+    worker_prefetch_multiplier=int(os.environ.get("BENCH_CELERY_PREFETCH", "4")),
 )
 
 
@@ -35,7 +37,7 @@ def noop() -> None:
 @app.task(name="limited", rate_limit="10/s")
 def limited() -> None:
     """Logs its run time; the rate limit is Celery's own, advertised as '10/s'."""
-    probe._client(URL).rpush("bench:celery:limited", time.time())
+    probe._client(URL).rpush("bench:celery:limited", json.dumps({"pid": os.getpid(), "t": time.time()}))
 
 
 @app.task(name="hold")

@@ -104,7 +104,6 @@ def run_celery(url: str, n: int, cap: float) -> Figures:
         rate, _ = measure_drain(lambda: _llen_plus(r, "celery", hash_key="unacked"), n, cap, label="celery")
     finally:
         _stop_all(procs)
-        celery_app.app.pool.force_close_all()
     return Figures("Celery (prefork 2)", n, enq, rate)
 
 
