@@ -14,6 +14,7 @@ import contextlib
 import datetime as dt
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -135,10 +136,18 @@ def _iso(value: dt.datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
+#: Output width when stdout is not a terminal (a pipe, a file, a log), in characters.
+PIPE_WIDTH = 200
+
+
 def _console():  # type: ignore[no-untyped-def]
+    """A rich console; piped output is wide enough that history rows are not cut short."""
     from rich.console import Console
 
-    return Console(soft_wrap=True)
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=PIPE_WIDTH)
+    return console
 
 
 # -- migrate, seed -------------------------------------------------------------
@@ -398,8 +407,8 @@ def _enqueue(ctx: AppContext, jobs: Sequence[tuple[int, str]], done: str) -> lis
     lines = []
     try:
         queue = TaskQueue(ctx.redis, ctx.settings, TASK_TYPES)
-        for cid, task_type in jobs:
-            task = queue.enqueue(task_type, cid)
+        tasks = queue.enqueue_many([(task_type, cid) for cid, task_type in jobs])
+        for (cid, task_type), task in zip(jobs, tasks, strict=True):
             if task is None:
                 lines.append(f"campaign {cid}: a {task_type} task is already queued")
             else:
