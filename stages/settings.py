@@ -226,3 +226,8 @@ class ProviderSettings:
         )
 
     __str__ = __repr__
+
+
+def rate_limits(env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """engine.ratelimit.Limit per API from RATE_<API>/BURST_<API> (read by campaignctl.limits)."""
+    return ProviderSettings.from_env(env).limits()
