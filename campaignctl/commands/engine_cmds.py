@@ -151,7 +151,7 @@ def _stop_on_signals(stop: Any) -> None:
 
 
 def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, sort_keys=True, default=str))
+    print(json.dumps(data, indent=2, default=str))
 
 
 def _when(ts: float | None) -> str:
