@@ -1,0 +1,60 @@
+"""Our engine with benchmark handlers, as a process the benchmarks start and kill.
+
+    python -m bench.peers.engine_app worker --types hold --concurrency 4
+    python -m bench.peers.engine_app recovery
+
+Settings come from the environment exactly as in production
+(EngineSettings.from_env: REDIS_URL, KEY_PREFIX, VISIBILITY_TIMEOUT, ...), so
+a benchmark measures the defaults unless it says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from bench.peers import probe
+from engine.connection import connect
+from engine.queue import TaskQueue
+from engine.recovery import Recovery
+from engine.registry import Registry
+from engine.retry import RetryPolicy
+from engine.settings import EngineSettings
+from engine.worker import Worker
+
+#: The task types of the benchmarks.
+TASK_TYPES = ("noop", "hold")
+
+
+def build_registry(url: str) -> Registry:
+    registry = Registry()
+    registry.register("noop", lambda task, ctx: None, RetryPolicy())
+    registry.register("hold", lambda task, ctx: probe.hold(url, "engine", task.task_id), RetryPolicy())
+    return registry
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="bench.peers.engine_app")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    w = sub.add_parser("worker")
+    w.add_argument("--types", default="noop")
+    w.add_argument("--concurrency", type=int, default=1)
+    w.add_argument("--burst", action="store_true")
+    sub.add_parser("recovery")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
+                        format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
+    settings = EngineSettings.from_env()
+    client = connect(settings)
+    registry = build_registry(settings.redis_url)
+    if args.cmd == "worker":
+        worker = Worker(client, settings, registry, None, queues=args.types.split(","),
+                        concurrency=args.concurrency, burst=args.burst, task_types=TASK_TYPES)
+        return worker.run()
+    queue = TaskQueue(client, settings, TASK_TYPES)
+    return Recovery(client, settings, queue, registry).run()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
