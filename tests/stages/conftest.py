@@ -91,9 +91,13 @@ class Sandbox:
         self.log.close()
 
 
+#: Time scale of the sandbox the stage tests use (the engine's RATE_SCALE matches it).
+FAST_SCALE = 100.0
+
+
 @pytest.fixture(scope="session")
 def sandbox_server() -> Iterator[Sandbox]:
-    """One sandbox at time scale 1 for the client and stage tests; reset by ``sandbox``."""
+    """A sandbox at time scale 1 for the client tests (429s are easy to provoke); reset by ``sandbox``."""
     server = Sandbox(time_scale=1.0)
     yield server
     server.stop()
@@ -104,6 +108,21 @@ def sandbox(sandbox_server: Sandbox) -> Sandbox:
     sandbox_server.faults("")
     sandbox_server.reset()
     return sandbox_server
+
+
+@pytest.fixture(scope="session")
+def fast_sandbox_server() -> Iterator[Sandbox]:
+    """A sandbox at FAST_SCALE for the stage tests, which run whole pipelines."""
+    server = Sandbox(time_scale=FAST_SCALE)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fast_sandbox(fast_sandbox_server: Sandbox) -> Sandbox:
+    fast_sandbox_server.faults("")
+    fast_sandbox_server.reset()
+    return fast_sandbox_server
 
 
 class NoGate:
@@ -126,7 +145,7 @@ def provider_settings(url: str, **extra: str) -> ProviderSettings:
 @pytest.fixture
 def engine_settings(redis_url: str, key_prefix: str) -> EngineSettings:
     return EngineSettings.from_env({"REDIS_URL": redis_url, "KEY_PREFIX": key_prefix, "MAX_TOKEN_SLEEP": "2",
-                                    "RATE_SCALE": "1000"})
+                                    "RATE_SCALE": f"{FAST_SCALE:g}"})
 
 
 class Harness:
@@ -139,9 +158,18 @@ class Harness:
         self.settings = settings
         self.queue = TaskQueue(client, settings, TASK_TYPES)
         self.limiter = RateLimiter(client, settings, rate_limits({}))
-        self.provider_settings = provider_settings(sandbox.url, **env)
+        self.provider_settings = provider_settings(sandbox.url, RATE_SCALE=f"{settings.rate_scale:g}", **env)
         self.deps = Deps(store=store, settings=self.provider_settings,
                          providers=Providers(self.provider_settings), max_token_sleep=settings.max_token_sleep)
+
+    def run(self, task_type: str, campaign_id: int) -> Task:
+        """Run one task of ``task_type`` for the campaign through its handler, as a worker would call it."""
+        from stages.handlers import build_handlers
+
+        task = Task.new(task_type, campaign_id)
+        handler, _policy = build_handlers(None, deps=self.deps)[task_type]
+        handler(task, self.ctx(task))
+        return task
 
     def ctx(self, task: Task) -> TaskContext:
         return TaskContext(task, "test-worker", queue=self.queue, limiter=self.limiter,
