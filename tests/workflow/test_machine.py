@@ -92,3 +92,11 @@ def test_unsubscribed_only_sets_the_flag() -> None:
 def test_state_names() -> None:
     assert state_name(Status.PROCESSING, Stage.MARKET_DATA) == "PROCESSING:market_data"
     assert state_name("SENT", "idle") == "SENT"
+
+
+def test_the_diagram_in_docs_is_the_machine() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "workflow.md").read_text()
+    block = doc.split("```mermaid\n", 1)[1].split("```", 1)[0]
+    assert block == machine.mermaid(include_unsubscribe=False)
