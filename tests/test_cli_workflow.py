@@ -316,3 +316,28 @@ def test_campaignctl_graph_and_bad_arguments(tmp_path: Path, sqlite_url: str) ->
                               timeout=60)
         assert done.returncode == 2, (argv, done.stderr)
         assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_an_old_system_database_is_stamped_then_upgraded(capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch, db_url: str) -> None:
+    # Given the old system's database: the legacy table, rows in it, and no Alembic bookkeeping
+    runner.upgrade(db_url, "0001")
+    engine = make_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP TABLE alembic_version")
+            conn.exec_driver_sql(
+                "INSERT INTO campaigns (owner_name, email, street, city, state, zip_code, property_data_status, "
+                "listings_status, created_at, updated_at) VALUES ('A', 'a@example.com', '1 Main St', 'Austin', "
+                "'TX', '78701', 'completed', 'failed', '2023-01-01 00:00:00', '2023-01-01 00:00:00')")
+        monkeypatch.setenv("DATABASE_URL", db_url)
+        # When it is stamped at 0001 and migrated
+        assert run(capsys, "migrate", "--stamp", "0001")[0] == 0
+        code, out, _ = run(capsys, "migrate")
+        assert code == 0 and "0002 (was 0001)" in out
+        # Then the campaign is where its legacy columns put it
+        code, out, _ = run(capsys, "show", "1", "--json")
+        doc = json.loads(out)
+        assert (doc["campaign_status"], doc["processing_stage"], doc["version"]) == ("ERROR", "active_listings", 0)
+    finally:
+        engine.dispose()
