@@ -319,10 +319,14 @@ class Worker:
             log.warning("heartbeat failed: %s", exc)
             return
         for job, ok in zip(jobs, results[2:]):
-            if not ok:
+            if not ok and self._still_running(job):  # a job settled meanwhile has no lock to renew
                 job.ctx.lease_lost.set()
                 log.warning("lease lost: %s %s was taken away while running", job.lease.task.task_type,
                             job.lease.task.task_id)
+
+    def _still_running(self, job: _Job) -> bool:
+        with self._lock:
+            return self._jobs.get(job.lease.task.task_id) is job
 
     def _renew_one(self, lease: Lease) -> bool:
         ok = bool(self.queue.renew([lease])[0])
