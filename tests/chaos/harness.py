@@ -37,7 +37,7 @@ import redis
 from sqlalchemy import Engine, insert, select, text
 
 from tests.chaos.schedule import PROVIDERS, Fault, Schedule
-from tests.servers import PostgresServer, RedisServer, _wait_port, free_port
+from tests.servers import PostgresServer, RedisServer, free_port
 from workflow.db import make_engine
 from workflow.models import Campaign, CampaignEvent, EmailSend
 from workflow.states import TASK_TYPES
@@ -217,12 +217,25 @@ class Cluster:
             self.logdir,
         )
         self.sandbox.start()
-        _wait_port(port, 30)
+        self._wait_sandbox()
         self.seed()
         self._start_processes()
         self.t0 = time.monotonic()
         self._supervisor = threading.Thread(target=self._supervise, name="chaos-supervisor", daemon=True)
         self._supervisor.start()
+
+    def _wait_sandbox(self, timeout: float = 30.0) -> None:
+        assert self.sandbox and self.sandbox.popen
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.sandbox.popen.poll() is not None:
+                raise RuntimeError(f"the sandbox exited {self.sandbox.popen.returncode}; see {self.sandbox.record.log}")
+            try:
+                self.sandbox_get("/_sandbox/stats")
+                return
+            except (urllib.error.URLError, OSError, ValueError):
+                time.sleep(0.1)
+        raise RuntimeError(f"the sandbox did not answer within {timeout}s")
 
     def _start_processes(self) -> None:
         env = self.base_env()
@@ -549,7 +562,7 @@ class Cluster:
                 time.sleep(REST_POLL_S)
                 continue
             q = state["queues"]
-            quiet = state["moving"] == 0 and q["ready"] == 0 and q["in_flight"] == 0 and q["delayed"] == 0 and q["locks"] == 0
+            quiet = state["moving"] == 0 and not any(q.values())
             if quiet:
                 quiet_since = quiet_since or time.monotonic()
                 if time.monotonic() - quiet_since >= REST_STABLE_S:
@@ -643,19 +656,24 @@ def _json_or_error(done: subprocess.CompletedProcess[str]) -> Any:
 
 
 def redis_queue_counts(r: redis.Redis, prefix: str = KEY_PREFIX) -> dict[str, int]:
-    """Ready, in-flight and delayed tasks and live leases, read from the contract's key names."""
+    """Ready, in-flight, delayed and half-claimed tasks and live leases, from engine/keys.py's names."""
     tag = f"{{{prefix}}}"
     pipe = r.pipeline(transaction=False)
     for t in TASK_TYPES:
         pipe.llen(f"{tag}:queue:{t}")
         pipe.hlen(f"{tag}:inflight:{t}")
         pipe.zcard(f"{tag}:delayed:{t}")
+    pipe.zcard(f"{tag}:leases")
     counts = pipe.execute()
+    per_type, leases = counts[:-1], counts[-1]
     locks = sum(1 for _ in r.scan_iter(match=f"{tag}:task_lock:*", count=1000))
+    claiming = sum(r.llen(k) for k in r.scan_iter(match=f"{tag}:claiming:*", count=1000))
     return {
-        "ready": sum(counts[0::3]),
-        "in_flight": sum(counts[1::3]),
-        "delayed": sum(counts[2::3]),
+        "ready": sum(per_type[0::3]),
+        "in_flight": sum(per_type[1::3]),
+        "delayed": sum(per_type[2::3]),
+        "claiming": claiming,
+        "leases": leases,
         "locks": locks,
     }
 

@@ -291,7 +291,7 @@ def _leftovers(ev: Evidence, report: Report) -> None:
             left = {k: row.get(k, 0) for k in ("ready", "in_flight", "delayed") if row.get(k, 0)}
             if left:
                 report.add(5, f"queue {name} still has {left}")
-    for k in ("ready", "in_flight", "delayed"):
+    for k in ("ready", "in_flight", "delayed", "claiming", "leases"):
         if ev.redis_counts.get(k):
             report.add(5, f"Redis still holds {ev.redis_counts[k]} {k.replace('_', ' ')} task(s)")
     if ev.lock_keys:
