@@ -67,7 +67,7 @@ def position_from_legacy(row: Mapping[str, object]) -> tuple[Status, Stage]:
     """
     if row.get("is_unsubscribed") in (True, 1, "1", "true", "t"):
         return Status.UNSUBSCRIBED, Stage.IDLE
-    values = {s: str(row.get(c) or PENDING).lower() for s, c in STAGE_COLUMNS.items()}
+    values = {s: (str(row.get(c) or "").strip().lower() or PENDING) for s, c in STAGE_COLUMNS.items()}
     email = values[Stage.EMAIL_CREATION]
     if email == SENT:
         return Status.SENT, Stage.IDLE
