@@ -57,13 +57,14 @@ assert set(_MODULES) == set(TASK_TYPES) == set(RETRY_POLICIES)
 def make_deps(app: Any, *, settings: ProviderSettings | None = None, providers: Providers | None = None) -> Deps:
     env: Mapping[str, str] = getattr(app, "env", None) or os.environ
     settings = settings or ProviderSettings.from_env(env)
-    raw_sleep = env.get("MAX_TOKEN_SLEEP")
-    return Deps(
-        store=app.store,
-        settings=settings,
-        providers=providers or Providers(settings),
-        max_token_sleep=float(raw_sleep) if raw_sleep else 10.0,
-    )
+    engine_settings = getattr(app, "settings", None)
+    max_sleep = getattr(engine_settings, "max_token_sleep", None)
+    if max_sleep is None:
+        from engine.settings import EngineSettings
+
+        max_sleep = EngineSettings.from_env(env).max_token_sleep
+    return Deps(store=app.store, settings=settings, providers=providers or Providers(settings),
+                max_token_sleep=float(max_sleep))
 
 
 def build_handlers(app: Any, *, deps: Deps | None = None) -> dict[str, tuple[Handler, RetryPolicy]]:

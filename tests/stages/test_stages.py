@@ -142,6 +142,16 @@ def test_zillow_outage_falls_back_to_zillow56(harness: Harness, fast_sandbox: Sa
     assert harness.store.stage_result(cid, snap.run_id, "property_data")["source"] == "zillow56"
 
 
+def test_paused_zillow_bucket_falls_back_to_zillow56(harness: Harness, fast_sandbox: Sandbox) -> None:
+    harness.limiter.pause("zillow", 600)  # longer than MAX_TOKEN_SLEEP: a worker would defer
+    cid = seed(harness.store)
+    harness.run("property_data", cid)
+    snap = harness.store.get(cid)
+    assert harness.store.stage_result(cid, snap.run_id, "property_data")["source"] == "zillow56"
+    calls = fast_sandbox.stats()["calls"]
+    assert calls.get("zillow", 0) == 0 and calls.get("zillow56") == 1
+
+
 def test_invalid_email_fails_with_the_verdict(harness: Harness, fast_sandbox: Sandbox) -> None:
     cid = seed(harness.store, email="invalid-email@example.com")
     for task_type in DATA_STAGES[:-1]:
