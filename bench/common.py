@@ -230,6 +230,9 @@ def machine() -> dict[str, str]:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemTotal:"):
                 info["memory"] = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    with contextlib.suppress(OSError):
+        # Other work on the machine skews every figure; the load at the start is printed with them.
+        info["load average (1 min)"] = f"{os.getloadavg()[0]:.2f}"
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         out = subprocess.run(["redis-server", "--version"], capture_output=True, text=True, timeout=5).stdout
         info["redis-server"] = out.split()[2].removeprefix("v=") if out else "?"
