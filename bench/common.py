@@ -126,6 +126,26 @@ def _kill_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
 
 
+def group_cpu(pgids: Sequence[int]) -> float:
+    """CPU seconds (user + system, own + reaped children) of every live process in these process groups."""
+    if not pgids:
+        return float("nan")
+    wanted, total = set(pgids), 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue
+        # Fields after the parenthesised command name: state ppid pgrp ... utime(14) stime cutime cstime.
+        fields = raw[raw.rindex(")") + 2:].split()
+        if int(fields[2]) in wanted:
+            total += sum(int(x) for x in fields[11:15]) / tick
+    return total
+
+
 def python_module(module: str, *args: str) -> list[str]:
     return [PYTHON, "-m", module, *args]
 

@@ -14,8 +14,9 @@ round trip per task for being counted.
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import redis
@@ -39,12 +40,49 @@ class Figures:
     enqueue_per_s: float
     processed_per_s: float
     note: str = ""
+    #: CPU time of the worker processes (and their children) per task drained, in µs.
+    worker_cpu_us: float = float("nan")
+    #: CPU time of redis-server per task drained, in µs.
+    redis_cpu_us: float = float("nan")
+
+    @classmethod
+    def of(cls, name: str, n: int, enqueue_per_s: float, drain: Drain, note: str = "") -> Figures:
+        return cls(name, n, enqueue_per_s, drain.rate, note, drain.worker_cpu_us, drain.redis_cpu_us)
+
+
+@dataclass
+class Drain:
+    #: Tasks per second over the timed part of the drain.
+    rate: float
+    #: Tasks drained in the timed part.
+    done: int
+    worker_cpu_us: float = float("nan")
+    redis_cpu_us: float = float("nan")
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        # ``rate, done = measure_drain(...)`` keeps working.
+        return iter((self.rate, self.done))
+
+
+def _redis_cpu(client: redis.Redis | None) -> float:
+    if client is None:
+        return float("nan")
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 def measure_drain(
-    count_left: Callable[[], int], n: int, cap: float, *, label: str
-) -> tuple[float, int]:
-    """Time the drain of an ``n``-task backlog; return (tasks/s, tasks counted)."""
+    count_left: Callable[[], int], n: int, cap: float, *, label: str,
+    procs: Sequence[subprocess.Popen] = (), client: redis.Redis | None = None,
+) -> Drain:
+    """Time the drain of an ``n``-task backlog.
+
+    With ``procs`` (the worker processes, each leading its process group) and
+    ``client`` (any client of the server), also the CPU the workers and the
+    server spent per task over the same timed part: unlike tasks/s, CPU per
+    task hardly moves when other work shares the machine.
+    """
+    groups = [p.pid for p in procs]
     warm_mark = n - max(1, int(n * WARM_FRACTION))
     tail_mark = int(n * TAIL_FRACTION)
     deadline = time.monotonic() + START_TIMEOUT
@@ -54,14 +92,18 @@ def measure_drain(
             raise RuntimeError(f"{label}: workers did not start draining within {START_TIMEOUT:.0f} s")
         time.sleep(POLL)
         left = count_left()
+    cpu0, rcpu0 = common.group_cpu(groups), _redis_cpu(client)
     t0, left0 = time.perf_counter(), left
     stop = t0 + cap
     while left > tail_mark and time.perf_counter() < stop:
         time.sleep(POLL)
         left = count_left()
     elapsed = time.perf_counter() - t0
+    cpu1, rcpu1 = common.group_cpu(groups), _redis_cpu(client)
     done = left0 - left
-    return (done / elapsed if elapsed > 0 else float("nan")), done
+    per = lambda a, b: (b - a) / done * 1e6 if done > 0 and groups is not None else float("nan")  # noqa: E731
+    return Drain(done / elapsed if elapsed > 0 else float("nan"), done,
+                 per(cpu0, cpu1) if groups else float("nan"), per(rcpu0, rcpu1))
 
 
 def _timed_enqueue(n: int, enqueue_one: Callable[[int], object]) -> float:
@@ -101,10 +143,11 @@ def run_celery(url: str, n: int, cap: float) -> Figures:
     ]
     procs = _workers([cmd], url)
     try:
-        rate, _ = measure_drain(lambda: _llen_plus(r, "celery", hash_key="unacked"), n, cap, label="celery")
+        drain = measure_drain(lambda: _llen_plus(r, "celery", hash_key="unacked"), n, cap, label="celery",
+                              procs=procs, client=r)
     finally:
         _stop_all(procs)
-    return Figures("Celery (prefork 2)", n, enq, rate)
+    return Figures.of("Celery (prefork 2)", n, enq, drain)
 
 
 def _llen_plus(r: redis.Redis, list_key: str, *, hash_key: str | None = None) -> int:
@@ -135,11 +178,11 @@ def run_rq(url: str, n: int, cap: float, *, simple: bool) -> Figures:
         cmd[2:2] = ["--worker-class", "rq.worker.SimpleWorker"]
     procs = _workers([cmd, cmd], url)
     try:
-        rate, _ = measure_drain(lambda: _llen_plus(r, "rq:queue:default"), n, cap, label="rq")
+        drain = measure_drain(lambda: _llen_plus(r, "rq:queue:default"), n, cap, label="rq", procs=procs, client=r)
     finally:
         _stop_all(procs)
     name = "RQ SimpleWorker ×2" if simple else "RQ Worker ×2 (fork per job)"
-    return Figures(name, n, enq, rate)
+    return Figures.of(name, n, enq, drain)
 
 
 # --- Dramatiq --------------------------------------------------------------------------------
@@ -158,11 +201,12 @@ def run_dramatiq(url: str, n: int, cap: float) -> Figures:
     procs = _workers([cmd], url)
     try:
         # Messages live in this hash until acked, so its size is "not yet processed".
-        rate, _ = measure_drain(lambda: int(r.hlen("dramatiq:default.msgs")), n, cap, label="dramatiq")
+        drain = measure_drain(lambda: int(r.hlen("dramatiq:default.msgs")), n, cap, label="dramatiq",
+                              procs=procs, client=r)
     finally:
         _stop_all(procs)
         dramatiq_app.broker.close()
-    return Figures("Dramatiq (2 proc × 8 threads)", n, enq, rate)
+    return Figures.of("Dramatiq (2 proc × 8 threads)", n, enq, drain)
 
 
 # --- Huey ------------------------------------------------------------------------------------
@@ -183,10 +227,10 @@ def run_huey(url: str, n: int, cap: float) -> Figures:
     ]
     procs = _workers([cmd], url)
     try:
-        rate, _ = measure_drain(lambda: int(r.llen("huey.redis.bench")), n, cap, label="huey")
+        drain = measure_drain(lambda: int(r.llen("huey.redis.bench")), n, cap, label="huey", procs=procs, client=r)
     finally:
         _stop_all(procs)
-    return Figures("Huey (2 processes)", n, enq, rate)
+    return Figures.of("Huey (2 processes)", n, enq, drain)
 
 
 # --- arq -------------------------------------------------------------------------------------
@@ -222,11 +266,11 @@ def run_arq(url: str, n: int, cap: float, *, tuned: bool = False) -> Figures:
     procs = _workers([cmd, cmd], url, env)
     try:
         # A job leaves arq's queue zset only when it has finished.
-        rate, _ = measure_drain(lambda: int(r.zcard("arq:queue")), n, cap, label="arq")
+        drain = measure_drain(lambda: int(r.zcard("arq:queue")), n, cap, label="arq", procs=procs, client=r)
     finally:
         _stop_all(procs)
     name = "arq ×2 (100 jobs, 0.05 s poll)" if tuned else "arq ×2 (defaults)"
-    return Figures(name, n, enq, rate)
+    return Figures.of(name, n, enq, drain)
 
 
 #: name -> contender(url, n, cap); the order they run in.
