@@ -520,7 +520,7 @@ class Cluster:
 
     def _post_faults(self) -> None:
         merged = merge_fault_specs(self.active_specs)
-        self.sandbox_post("/_sandbox/faults", {"spec": merged})
+        self.sandbox_post("/_sandbox/faults", {"faults": merged})
 
     def restore(self) -> None:
         """Undo whatever is still broken: continue stopped workers, clear provider faults."""
@@ -731,5 +731,11 @@ def merge_fault_specs(specs: list[str]) -> str:
         for provider, faults in parse_fault_spec(spec).items():
             for name, value in faults.items():
                 merged.setdefault(provider, {})[name] = max(value, merged.get(provider, {}).get(name, 0.0))
-    return ";".join(f"{p}:" + ",".join(f"{k}={v}" for k, v in sorted(f.items())) for p, f in sorted(merged.items()))
+    for faults in merged.values():
+        # The sandbox draws at most one fault per call, so its probabilities must add up to 1 at most.
+        total = sum(faults.values())
+        if total > 1:
+            for name in faults:
+                faults[name] = round(faults[name] / total, 3) - 0.001
+    return ";".join(f"{p}:" + ",".join(f"{k}={v:g}" for k, v in sorted(f.items())) for p, f in sorted(merged.items()))
 

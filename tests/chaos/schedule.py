@@ -160,7 +160,9 @@ def provider_spec(draw: st.DrawFn) -> str:
     """One provider (or "*") with one or two injected faults, e.g. "bedrock:429=0.5,5xx=0.2"."""
     provider = draw(st.sampled_from(("*",) + PROVIDERS))
     kinds = draw(st.lists(st.sampled_from(PROVIDER_FAULTS), min_size=1, max_size=2, unique=True))
-    parts = [f"{k}={draw(st.sampled_from((0.3, 0.6, 0.9)))}" for k in kinds]
+    # The sandbox draws at most one fault per call: the probabilities must add up to 1 at most.
+    levels = (0.3, 0.6, 0.9) if len(kinds) == 1 else (0.2, 0.4)
+    parts = [f"{k}={draw(st.sampled_from(levels))}" for k in kinds]
     return f"{provider}:{','.join(parts)}"
 
 
