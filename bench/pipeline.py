@@ -1,0 +1,247 @@
+"""Pipeline efficiency: campaigns/minute against the bound the slowest provider sets.
+
+    .venv/bin/python -m bench.pipeline                       # 300 campaigns, 4 workers, ~2.5 min
+    .venv/bin/python -m bench.pipeline --campaigns 100 --time-scale 60
+
+The whole system, as deployed, on one machine: a throwaway redis-server (AOF
+on) and PostgreSQL, the provider sandbox (``campaignctl sandbox``) at time
+scale S, and the real ``campaignctl`` producer, recovery and W worker
+processes with RATE_SCALE=S (the same factor), auto-approve on. Every
+campaign runs all stages and ends SENT.
+
+The bound: each provider allows ``rate × S / calls per campaign`` campaigns per
+second; the slowest (zillow: 10/min, 3 calls per campaign) sets the bound.
+Achieved: campaigns SENT ÷ time from the first campaign's start to the last
+one's send (both from campaign_events, the database's own history). When
+the first send comes late, the stages ran one after the other rather than
+side by side. The sandbox counts 429s per provider; the target is none.
+
+Also printed, from the sandbox's call log: how busy the slowest provider was
+kept (calls ÷ (scaled rate × its active span)) — below 1 means the limiter or
+the workers left its tokens unused.
+
+The last line is ``headline: pipeline campaigns/min vs slowest-provider bound ratio=…``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import time
+from typing import Any
+
+import requests
+
+from bench import common
+
+#: Campaigns by default.
+DEFAULT_CAMPAIGNS = 300
+#: Worker processes by default.
+DEFAULT_WORKERS = 4
+#: The default time scale makes the bound take about this long, in s.
+TARGET_SECONDS = 90.0
+#: Longest wait for the run, as a multiple of the bound's time (plus a minute).
+TIMEOUT_FACTOR = 3.0
+
+
+def campaignctl(*args: str) -> list[str]:
+    return common.python_module("campaignctl", *args)
+
+
+def sandbox_get(url: str, path: str) -> Any:
+    response = requests.get(f"{url}{path}", timeout=10)
+    response.raise_for_status()
+    return response.json()
+
+
+def wait_sandbox(url: str, proc, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the sandbox exited with {proc.returncode}; see its log")
+        try:
+            sandbox_get(url, "/_sandbox/stats")
+            return
+        except (requests.RequestException, ValueError):
+            time.sleep(0.1)
+    raise SystemExit(f"the sandbox did not answer on {url} within {timeout:.0f} s")
+
+
+def event_times(db_url: str, trigger: str) -> list[float]:
+    """Wall times (UTC epoch s) of every ``trigger`` event in the history, sorted."""
+    from sqlalchemy import select
+
+    from workflow.db import make_engine
+    from workflow.models import CampaignEvent
+
+    engine = make_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(select(CampaignEvent.at).where(CampaignEvent.trigger == trigger)).scalars().all()
+    finally:
+        engine.dispose()
+    return sorted(a.replace(tzinfo=dt.timezone.utc).timestamp() for a in rows)
+
+
+def count_status(db_url: str) -> dict[str, int]:
+    from workflow.db import make_engine
+    from workflow.store import CampaignStore
+
+    engine = make_engine(db_url)
+    try:
+        return dict(CampaignStore(engine).counts()["campaigns"])
+    finally:
+        engine.dispose()
+
+
+def provider_busy(calls: list[dict], provider: str, rate: float) -> tuple[float, float]:
+    """(calls ÷ (rate × active span), active span in s) of one provider, from the sandbox's call log."""
+    ts = sorted(c["t"] for c in calls if c.get("provider") == provider)
+    if len(ts) < 2:
+        return float("nan"), 0.0
+    span = ts[-1] - ts[0]
+    # n calls spaced exactly 1/rate apart span (n - 1)/rate seconds.
+    return (len(ts) - 1) / (rate * span) if span > 0 else float("nan"), span
+
+
+def main(argv: list[str] | None = None) -> int:
+    from campaignctl.demo import PROVIDER_PLANS, bottleneck, child_env, plan_rates
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--campaigns", type=int, default=DEFAULT_CAMPAIGNS)
+    ap.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="worker processes")
+    ap.add_argument("--concurrency", type=int, default=4, help="handler threads per worker process")
+    ap.add_argument("--time-scale", type=float, default=None,
+                    help=f"provider and limiter time scale (default: the bound takes ~{TARGET_SECONDS:g} s)")
+    ap.add_argument("--queues", default=None,
+                    help="the workers' --queues (drain order), e.g. 'reverse' for the pipeline's last stage "
+                    "first; default: the worker's own default")
+    ap.add_argument("--db", choices=("postgres", "sqlite"), default="postgres")
+    ap.add_argument("--keep-logs", action="store_true", help="leave the children's logs in the temp folder")
+    args = ap.parse_args(argv)
+
+    rates = plan_rates(os.environ)
+    slowest, per_s_at_1 = bottleneck(rates, 1.0)
+    scale = args.time_scale or max(1.0, round(args.campaigns / per_s_at_1 / TARGET_SECONDS))
+    _, bound_per_s = bottleneck(rates, scale)
+    bound_seconds = args.campaigns / bound_per_s
+    common.print_machine()
+    print(f"{args.campaigns} campaigns, {args.workers} workers × {args.concurrency} threads, time scale ×{scale:g}; "
+          f"bound {bound_per_s * 60:.1f} campaigns/min ({slowest}), i.e. {bound_seconds:.0f} s at best", flush=True)
+
+    import tempfile
+    from pathlib import Path
+
+    logdir = Path(tempfile.mkdtemp(prefix="ce-bench-pipeline-"))
+    if not args.keep_logs:
+        import shutil
+
+        common.at_exit(lambda: shutil.rmtree(logdir, ignore_errors=True))
+    with common.redis_server(appendonly=True) as redis_srv, _database(args.db, logdir) as db_url:
+        sandbox_url = f"http://127.0.0.1:{common_free_port()}"
+        env = child_env(os.environ, redis_url=redis_srv.url, database_url=db_url, sandbox_url=sandbox_url,
+                        scale=scale, auto_approve=True)
+        env["LOG_LEVEL"] = "WARNING"
+        for step in (["migrate"], ["seed", "--count", str(args.campaigns)]):
+            proc = common.spawn(campaignctl(*step), env=env, log=logdir / f"{step[0]}.log")
+            if proc.wait(180) != 0:
+                raise SystemExit(f"campaignctl {step[0]} failed; see {logdir / (step[0] + '.log')}")
+        port = sandbox_url.rsplit(":", 1)[1]
+        sandbox = common.spawn(campaignctl("sandbox", "--port", port, "--time-scale", f"{scale:g}"), env=env,
+                               log=logdir / "sandbox.log")
+        wait_sandbox(sandbox_url, sandbox)
+        # Workers and recovery first, so the producer's first batch meets warm workers.
+        worker_args = ["worker", "--concurrency", str(args.concurrency)]
+        if args.queues:
+            from workflow.states import TASK_TYPES
+
+            order = ",".join(reversed(TASK_TYPES)) if args.queues == "reverse" else args.queues
+            worker_args += ["--queues", order]
+            print(f"worker queue order: {order}")
+        services = [common.spawn(campaignctl(*worker_args), env=env, log=logdir / f"worker-{i}.log")
+                    for i in range(1, args.workers + 1)]
+        services.append(common.spawn(campaignctl("recovery"), env=env, log=logdir / "recovery.log"))
+        time.sleep(2.0)
+        launched = time.time()
+        services.append(common.spawn(campaignctl("producer"), env=env, log=logdir / "producer.log"))
+        timeout = TIMEOUT_FACTOR * bound_seconds + 60
+        resting = {"SENT", "ERROR", "UNSUBSCRIBED", "SEND_OUTCOME_UNKNOWN"}
+        last_print = 0.0
+        counts: dict[str, int] = {}
+        while time.time() - launched < timeout:
+            counts = count_status(db_url)
+            done = sum(n for s, n in counts.items() if s in resting)
+            if time.time() - last_print > 10:
+                last_print = time.time()
+                print(f"  [{time.time() - launched:5.0f} s] {counts}", flush=True)
+            if done >= args.campaigns:
+                break
+            dead = [p for p in services if p.poll() is not None]
+            if dead:
+                raise SystemExit(f"a service exited ({[p.args for p in dead]}); logs in {logdir}")
+            time.sleep(0.5)
+        stats = sandbox_get(sandbox_url, "/_sandbox/stats")
+        calls = sandbox_get(sandbox_url, "/_sandbox/calls").get("calls", [])
+        for p in services:
+            common.stop_process(p, grace=10)
+        common.stop_process(sandbox)
+        starts = event_times(db_url, "start")
+        sends = event_times(db_url, "mark_sent")
+        counts = count_status(db_url)
+
+    sent = len(sends)
+    print()
+    print(f"final: {counts}; logs in {logdir}" if args.keep_logs else f"final: {counts}")
+    if sent < 2:
+        common.headline("pipeline campaigns/min vs slowest-provider bound (nothing sent)", 0.0)
+        return 1
+    whole = sent / (sends[-1] - starts[0])
+    rows = []
+    for plan in PROVIDER_PLANS:
+        rate = rates[plan.name] * scale
+        busy, span = provider_busy(calls, plan.name, rate)
+        rows.append([plan.name, f"{rate:g}/s", plan.calls_per_campaign,
+                     rate / plan.calls_per_campaign * 60 if plan.calls_per_campaign else float("nan"),
+                     stats.get("calls", {}).get(plan.name, 0), stats.get("throttled", {}).get(plan.name, 0),
+                     busy, span])
+    print(common.table(["provider", "scaled rate", "calls/campaign", "bound campaigns/min", "calls", "429s",
+                        "busy (calls ÷ rate × span)", "active span s"], rows))
+    throttled = sum(stats.get("throttled", {}).values())
+    print()
+    print(common.table(
+        ["campaigns sent", "first start → last send s", "achieved campaigns/min", "bound campaigns/min",
+         "ratio", "first send after s", "429s (all providers)", "producer launch → first start s"],
+        [[sent, sends[-1] - starts[0], whole * 60, bound_per_s * 60, whole / bound_per_s, sends[0] - starts[0],
+          throttled, starts[0] - launched]],
+    ))
+    common.headline("pipeline campaigns/min vs slowest-provider bound", whole / bound_per_s)
+    return 0
+
+
+def common_free_port() -> int:
+    from tests.servers import free_port
+
+    return free_port()
+
+
+class _database:
+    """A throwaway PostgreSQL database, or a SQLite file in the log folder."""
+
+    def __init__(self, kind: str, folder) -> None:
+        self.kind, self.folder, self._pg = kind, folder, None
+
+    def __enter__(self) -> str:
+        if self.kind == "sqlite":
+            return f"sqlite:///{self.folder / 'campaigns.db'}"
+        self._cm = common.postgres_server()
+        self._pg = self._cm.__enter__()
+        return self._pg.create_database("pipeline")
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pg is not None:
+            self._cm.__exit__(*exc)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
