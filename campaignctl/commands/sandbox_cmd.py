@@ -84,7 +84,7 @@ def _sandbox(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     print(f"sandbox listening on {handle.url}", flush=True)
     try:
-        while not stop.wait(1.0):
+        while not stop.wait(0.2):
             pass
     finally:
         handle.stop()
