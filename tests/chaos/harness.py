@@ -220,9 +220,25 @@ class Cluster:
         self._wait_sandbox()
         self.seed()
         self._start_processes()
+        self._wait_for_first_start()
         self.t0 = time.monotonic()
         self._supervisor = threading.Thread(target=self._supervise, name="chaos-supervisor", daemon=True)
         self._supervisor.start()
+
+    def _wait_for_first_start(self, timeout: float = 60.0) -> None:
+        """Fault times count from the producer's first start, not from the processes' imports."""
+        assert self.db is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.db.connect() as conn:
+                started = conn.execute(
+                    select(text("count(*)")).select_from(Campaign.__table__)
+                    .where(Campaign.__table__.c.campaign_status != "DORMANT")
+                ).scalar()
+            if started:
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"the producer started no campaign within {timeout}s; see {self.logdir}")
 
     def _wait_sandbox(self, timeout: float = 30.0) -> None:
         assert self.sandbox and self.sandbox.popen

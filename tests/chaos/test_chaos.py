@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, Phase, example, given, note, seed, settings
+from hypothesis.control import currently_in_test_context
 
 from tests.chaos import invariants
 from tests.chaos.harness import Cluster
@@ -36,6 +37,8 @@ TIME_SCALE = float(os.environ.get("CHAOS_TIME_SCALE", "60"))
 REST_TIMEOUT_S = float(os.environ.get("CHAOS_REST_TIMEOUT", "120"))
 #: Campaigns per generated batch.
 MAX_CAMPAIGNS = int(os.environ.get("CHAOS_CAMPAIGNS", "8"))
+#: CHAOS_VERBOSE=1 prints every example's timeline, not only failing ones.
+VERBOSE = os.environ.get("CHAOS_VERBOSE", "") not in ("", "0")
 #: Set CHAOS_SHRINK=0 to report the first failing schedule without shrinking it.
 SHRINK = os.environ.get("CHAOS_SHRINK", "1") != "0"
 
@@ -94,8 +97,11 @@ def run_and_check(schedule: Schedule, pg: PostgresServer, workdir: Path) -> None
     )
     print(summary)
     print("        " + "\n        ".join(report.notes))
+    if VERBOSE:
+        print(timeline)
     replay = schedule.replay_string()
-    note(f"replay: pytest tests/chaos --chaos-replay={replay}")
+    if currently_in_test_context():  # not when replaying outside hypothesis
+        note(f"replay: pytest tests/chaos --chaos-replay={replay}")
     if not report.ok:
         raise AssertionError(
             "\n".join(
