@@ -336,8 +336,10 @@ class Cluster:
 
     def run_cli(self, *args: str, timeout: float = 60, check: bool = False, env: Mapping[str, str] | None = None
                 ) -> subprocess.CompletedProcess[str]:
+        run_env = dict(env or self.base_env())
+        run_env["LOG_LEVEL"] = "WARNING"
         done = subprocess.run(
-            campaignctl_argv(*args), env=dict(env or self.base_env()), cwd=str(ROOT),
+            campaignctl_argv(*args), env=run_env, cwd=str(ROOT),
             capture_output=True, text=True, timeout=timeout,
         )
         if check and done.returncode != 0:
@@ -504,19 +506,23 @@ class Cluster:
         self._later(duration, resume)
 
     def unsubscribe(self, cid: int) -> None:
-        """``campaignctl unsubscribe ID``, retried while the database is down (an operator would retry)."""
+        """``campaignctl unsubscribe ID``, retried after a refusal or an outage, as an operator would.
+
+        A refusal (exit 1) is a compare-and-set conflict with a worker moving
+        the campaign at that instant; the retry applies to the new position.
+        """
         started = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-        for attempt in range(10):
+        done = None
+        for attempt in range(1, 11):
             done = self.run_cli("unsubscribe", str(cid))
             if done.returncode == 0:
-                self.unsubscribed[cid] = {"requested_at": started, "attempts": attempt + 1}
-                self.note(f"unsubscribed campaign {cid}")
+                self.unsubscribed[cid] = {"requested_at": started, "attempts": attempt}
+                self.note(f"unsubscribed campaign {cid}: {done.stdout.strip()[-200:]}"
+                          + (f" (attempt {attempt})" if attempt > 1 else ""))
                 return
-            if done.returncode == 1 and "UNSUBSCRIBED" in (done.stderr + done.stdout):
-                self.unsubscribed[cid] = {"requested_at": started, "attempts": attempt + 1}
-                return
-            time.sleep(0.5)
-        self.note(f"unsubscribe {cid} failed: rc={done.returncode} {done.stderr.strip()[-300:]}")
+            self.note(f"unsubscribe {cid}: exit {done.returncode}: {done.stderr.strip()[-200:]}")
+            time.sleep(0.3)
+        self.note(f"unsubscribe {cid} gave up after 10 attempts")
 
     def provider_faults_on(self, spec: str, duration: float) -> None:
         with self._lock:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -73,8 +75,16 @@ EVERYTHING = Schedule(
 COVERAGE: Counter[str] = Counter()
 
 
-def run_and_check(schedule: Schedule, pg: PostgresServer, workdir: Path) -> None:
+def example_dir() -> Path:
+    """A folder for one example's logs, outside pytest's rotating temp folders (kept when the example fails)."""
+    root = Path(os.environ.get("CHAOS_LOG_DIR") or tempfile.gettempdir())
+    root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix="chaos-", dir=root))
+
+
+def run_and_check(schedule: Schedule, pg: PostgresServer, workdir: Path | None = None) -> None:
     """One example: run the schedule to rest, check the invariants, raise with everything a reader needs."""
+    workdir = workdir or example_dir()
     started = time.monotonic()
     with Cluster(pg=pg, workdir=workdir, schedule=schedule, time_scale=TIME_SCALE) as cluster:
         cluster.start()
@@ -102,6 +112,8 @@ def run_and_check(schedule: Schedule, pg: PostgresServer, workdir: Path) -> None
     replay = schedule.replay_string()
     if currently_in_test_context():  # not when replaying outside hypothesis
         note(f"replay: pytest tests/chaos --chaos-replay={replay}")
+    if report.ok and not VERBOSE:
+        shutil.rmtree(workdir, ignore_errors=True)
     if not report.ok:
         raise AssertionError(
             "\n".join(
@@ -121,11 +133,11 @@ def run_and_check(schedule: Schedule, pg: PostgresServer, workdir: Path) -> None
 
 
 @pytest.mark.slow
-def test_chaos(chaos_pg: PostgresServer, chaos_replay: Schedule | None, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_chaos(chaos_pg: PostgresServer, chaos_replay: Schedule | None) -> None:
     """Random fault schedules (plus the fixed EVERYTHING one) keep all six invariants."""
     if chaos_replay is not None:
         print(f"[chaos] replaying: {chaos_replay.describe()}")
-        run_and_check(chaos_replay, chaos_pg, tmp_path_factory.mktemp("chaos-replay"))
+        run_and_check(chaos_replay, chaos_pg)
         return
 
     chosen_seed = int(os.environ.get("CHAOS_SEED", str(int.from_bytes(os.urandom(4), "big"))))
@@ -145,7 +157,7 @@ def test_chaos(chaos_pg: PostgresServer, chaos_replay: Schedule | None, tmp_path
     @example(schedule=EVERYTHING)
     @given(schedule=schedules(max_campaigns=MAX_CAMPAIGNS))
     def chaos_example(schedule: Schedule) -> None:
-        run_and_check(schedule, chaos_pg, tmp_path_factory.mktemp("chaos"))
+        run_and_check(schedule, chaos_pg)
 
     try:
         chaos_example()
