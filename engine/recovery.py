@@ -60,7 +60,16 @@ class Recovery:
         self._stop = threading.Event()
 
     def stop(self) -> None:
-        self._stop.set()
+        """Safe to call from a signal handler.
+
+        A handler runs in the main thread, maybe while that thread is inside
+        ``self._stop.wait()`` holding the event's lock: setting it right there
+        would deadlock, so from the main thread the event is set by a thread.
+        """
+        if threading.current_thread() is threading.main_thread():
+            threading.Thread(target=self._stop.set, name="stop", daemon=True).start()
+        else:
+            self._stop.set()
 
     def run(self, *, once: bool = False) -> int:
         while True:
