@@ -180,12 +180,26 @@ class TaskQueue:
     # -- settle (fenced) ------------------------------------------------------------
 
     def ack(self, lease: Lease) -> bool:
-        task = lease.task
-        return bool(self.scripts.ack(
-            keys=[self.keys.task_lock(task.task_id), self.keys.inflight(task.task_type), self.keys.leases,
-                  self.keys.dedup(task.task_type, task.campaign_id), self.keys.wtasks(lease.worker_id)],
-            args=[lease.token, task.task_id, task.task_type],
-        ))
+        """The task is done (fenced): False when the lease was lost and nothing changed."""
+        return self.ack_many([lease])[0]
+
+    def ack_many(self, leases: Sequence[Lease]) -> list[bool]:
+        """Acknowledge several tasks in one round trip; one fenced result per lease, in order.
+
+        A stale lease (its token no longer holds the lock) is rejected on its
+        own; the others are settled all the same.
+        """
+        if not leases:
+            return []
+        keys = self.keys
+        lease_keys: list[str] = [keys.leases]
+        args: list[str] = []
+        for lease in leases:
+            task = lease.task
+            lease_keys += [keys.task_lock(task.task_id), keys.inflight(task.task_type),
+                           keys.dedup(task.task_type, task.campaign_id), keys.wtasks(lease.worker_id)]
+            args += [lease.token, task.task_id, task.task_type]
+        return [x == 1 for x in self.scripts.ack(keys=lease_keys, args=args)]
 
     def renew(self, leases: Sequence[Lease], client: Any = None) -> list[bool] | None:
         """Extend every lease; with ``client`` (a pipeline) only queue the calls and return None."""

@@ -26,6 +26,10 @@ class RetryPolicy:
     max_attempts: int = attrs.field(default=DEFAULT_MAX_ATTEMPTS, validator=attrs.validators.ge(1))
     base: float = attrs.field(default=DEFAULT_BASE, validator=attrs.validators.ge(0))
     cap: float = attrs.field(default=DEFAULT_CAP, validator=attrs.validators.ge(0))
+    #: Seconds a handler of this type may run before the worker gives the task up as a lease loss
+    #: (0: no limit); None: the worker's TASK_TIME_LIMIT setting.
+    time_limit: float | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.ge(0)))
 
     def exhausted(self, retry_count: int) -> bool:
         """Whether a task that failed with ``retry_count`` earlier failures has no attempt left."""

@@ -35,6 +35,9 @@ DEFAULT_SHUTDOWN_GRACE = 30.0
 DEFAULT_DEDUP_TTL = 86400.0
 #: Longest a worker blocks on one empty queue before looking at the others again, in s.
 DEFAULT_CLAIM_BLOCK = 0.5
+#: A handler running longer than this loses its task (released as a lease loss; the handler's late
+#: result is fenced out), unless its RetryPolicy.time_limit says otherwise; 0 = no limit, in s.
+DEFAULT_TASK_TIME_LIMIT = 600.0
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
@@ -80,6 +83,7 @@ class EngineSettings:
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
     dedup_ttl: float = DEFAULT_DEDUP_TTL
     claim_block: float = DEFAULT_CLAIM_BLOCK
+    task_time_limit: float = DEFAULT_TASK_TIME_LIMIT
 
     def __repr__(self) -> str:
         from engine.connection import redact_url
@@ -109,4 +113,5 @@ class EngineSettings:
             shutdown_grace=_float(env, "SHUTDOWN_GRACE", DEFAULT_SHUTDOWN_GRACE),
             dedup_ttl=_float(env, "DEDUP_TTL", DEFAULT_DEDUP_TTL) or DEFAULT_DEDUP_TTL,
             claim_block=_float(env, "CLAIM_BLOCK", DEFAULT_CLAIM_BLOCK) or DEFAULT_CLAIM_BLOCK,
+            task_time_limit=_float(env, "TASK_TIME_LIMIT", DEFAULT_TASK_TIME_LIMIT),
         )

@@ -89,6 +89,35 @@ def test_zombie_cannot_ack_or_renew_after_its_lease_is_taken(queue: TaskQueue, r
     assert queue.ack(current)
 
 
+def test_batched_ack_settles_the_held_leases_and_rejects_the_stale_one(
+        queue: TaskQueue, redis_client: redis.Redis, settings) -> None:  # type: ignore[no-untyped-def]
+    # Given worker A holding three tasks, one of which lapsed and is now held by worker B
+    for cid in (1, 2, 3):
+        queue.enqueue("alpha", cid)
+    held = queue.claim("A", TYPES, 3).leases
+    assert len(held) == 3
+    stale = held[1]
+    _expire_lease(redis_client, queue, stale.task)
+    assert Recovery(redis_client, settings, queue).run_once().requeued == 1
+    current = queue.claim("B", TYPES, 1).leases[0]
+    assert current.task.task_id == stale.task.task_id
+    # When A acks all three in one call
+    assert queue.ack_many(held) == [True, False, True]
+    # Then the two it still held are settled, dedup freed, and B's lease is untouched
+    stats = queue.stats()["queues"]["alpha"]
+    assert (stats["ready"], stats["in_flight"]) == (0, 1)
+    assert redis_client.get(queue.keys.task_lock(stale.task.task_id)) == current.token
+    assert redis_client.zrange(queue.keys.leases, 0, -1) == [task_key("alpha", stale.task.task_id)]
+    # (A's set keeps only the stale member; a lapsed lease's recovery cannot know its holder, A clears it on exit)
+    assert redis_client.smembers(queue.keys.wtasks("A")) == {task_key("alpha", stale.task.task_id)}
+    assert queue.enqueue("alpha", 1) is not None and queue.enqueue("alpha", 3) is not None
+    assert queue.enqueue("alpha", 2) is None  # B's task is still live
+    # And a repeated ack (the settler retrying) changes nothing
+    assert queue.ack_many(held) == [False, False, False]
+    assert queue.ack_many([current]) == [True]
+    assert queue.ack_many([]) == []
+
+
 def test_a_task_that_keeps_losing_its_lease_is_dead_lettered(queue: TaskQueue, redis_client: redis.Redis,
                                                              settings) -> None:  # type: ignore[no-untyped-def]
     task = queue.enqueue("beta", 9)

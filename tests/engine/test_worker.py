@@ -162,3 +162,117 @@ def test_heartbeat_registers_the_worker_and_renews_leases(redis_client: redis.Re
     thread.join(10)
     assert queue.stats()["queues"]["alpha"]["in_flight"] == 0
     assert queue.dlq_list() == []
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"gave up waiting for {what} after {timeout}s"
+        time.sleep(0.02)
+
+
+def test_a_hung_handler_loses_its_task_after_the_time_limit_and_its_late_ack_is_fenced_out(
+        redis_client: redis.Redis, settings: EngineSettings, queue: TaskQueue, caplog) -> None:  # type: ignore[no-untyped-def]
+    # Given a worker with ONE slot, whose handler hangs on the first start of a task
+    unblock = threading.Event()
+    starts: list[tuple[int, int, int]] = []
+
+    def handle(task, ctx) -> None:  # type: ignore[no-untyped-def]
+        starts.append((task.campaign_id, task.retry_count, task.lease_losses))
+        if len(starts) == 1:
+            unblock.wait(30)  # hung (the heartbeat keeps renewing its lease)
+
+    registry = Registry()
+    registry.register("alpha", handle, RetryPolicy(time_limit=0.3))
+    task = queue.enqueue("alpha", 1)
+    assert task is not None
+    worker = Worker(redis_client, settings, registry, concurrency=1, task_types=TYPES)
+    thread = threading.Thread(target=worker.run, kwargs={"install_signals": False})
+    caplog.set_level("INFO", logger="engine.worker")
+    t0 = time.monotonic()
+    thread.start()
+    try:
+        # When the handler runs past its 0.3 s limit
+        _wait_for(lambda: len(starts) == 2, 10, "the task to run again")
+        print(f"given up and restarted after {time.monotonic() - t0:.2f}s")
+        _wait_for(lambda: queue.stats()["queues"]["alpha"]["in_flight"] == 0, 5, "the second run's ack")
+        # Then it went back to its queue as a lease loss, and the freed slot ran it again to completion
+        assert starts == [(1, 0, 0), (1, 0, 1)]
+        assert not redis_client.exists(queue.keys.dedup("alpha", 1))  # acked: the dedup key is gone
+        assert any("ran past its time limit of 0.3s" in r.getMessage() for r in caplog.records)
+        # And when the hung handler finally returns, its ack is rejected (fenced) and changes nothing
+        caplog.clear()
+        unblock.set()
+        _wait_for(lambda: any("given up after its time limit" in r.getMessage() for r in caplog.records), 5,
+                  "the zombie's ack to be rejected")
+        stats = queue.stats()["queues"]["alpha"]
+        assert (stats["ready"], stats["in_flight"], stats["delayed"], len(starts)) == (0, 0, 0, 2)
+    finally:
+        unblock.set()
+        worker.stop()
+        thread.join(10)
+    assert not thread.is_alive() and not worker.left_running
+
+
+def test_a_handler_that_always_hangs_is_dead_lettered_after_max_lease_losses(
+        redis_client: redis.Redis, settings: EngineSettings, queue: TaskQueue) -> None:
+    # Given the worker-wide limit (TASK_TIME_LIMIT) of 0.2 s and a handler that never returns in time
+    settings = attrs.evolve(settings, task_time_limit=0.2)
+    unblock = threading.Event()
+    dead: list[tuple] = []
+    registry = Registry()
+    registry.register("alpha", lambda task, ctx: unblock.wait(30))
+    registry.on_dead_letter(lambda task, reason, error: dead.append((task.campaign_id, reason)))
+    queue.enqueue("alpha", 5)
+    worker = Worker(redis_client, settings, registry, concurrency=2, task_types=TYPES)
+    thread = threading.Thread(target=worker.run, kwargs={"install_signals": False})
+    thread.start()
+    try:
+        # When it runs MAX_LEASE_LOSSES + 1 times
+        _wait_for(lambda: bool(dead), 20, "the dead letter")
+    finally:
+        unblock.set()
+        worker.stop()
+        thread.join(10)
+    # Then it is dead-lettered with the reason, not released forever
+    assert dead == [(5, f"ran past its time limit of 0.2s; lost its lease {settings.max_lease_losses + 1} times: "
+                        "hung handler or poison pill")]
+    [entry] = queue.dlq_list()
+    assert entry["task"]["lease_losses"] == settings.max_lease_losses
+    assert queue.stats()["queues"]["alpha"]["in_flight"] == 0
+    assert not worker.left_running
+
+
+def test_many_quick_tasks_are_each_run_once_and_acked_in_batches(redis_client: redis.Redis,
+                                                                 settings: EngineSettings, queue: TaskQueue) -> None:
+    # Given 300 no-op tasks and a worker with 8 slots whose ack calls are counted
+    ran: list[int] = []
+    registry = Registry()
+    registry.register("alpha", lambda task, ctx: ran.append(task.campaign_id))
+    queue.enqueue_many([("alpha", cid) for cid in range(1, 301)])
+    worker = Worker(redis_client, settings, registry, concurrency=8, burst=True, task_types=TYPES)
+    batches: list[int] = []
+    ack_many = worker.queue.ack_many
+
+    def counting(leases):  # type: ignore[no-untyped-def]
+        batches.append(len(leases))
+        return ack_many(leases)
+
+    worker.queue.ack_many = counting  # type: ignore[method-assign]
+    # When it drains them
+    assert worker.run(install_signals=False) == 0
+    # Then each ran once, every ack landed, nothing is left
+    assert sorted(ran) == list(range(1, 301))
+    assert sum(batches) == 300
+    print(f"{len(batches)} ack calls for 300 tasks, largest batch {max(batches)}")
+    stats = queue.stats()["queues"]["alpha"]
+    assert (stats["ready"], stats["in_flight"]) == (0, 0)
+    assert redis_client.zcard(queue.keys.leases) == 0
+    assert not redis_client.keys(queue.keys.dedup("alpha", "*"))  # type: ignore[arg-type]
+
+
+def test_task_time_limit_comes_from_the_environment() -> None:
+    assert EngineSettings.from_env({}).task_time_limit == 600.0
+    assert EngineSettings.from_env({"TASK_TIME_LIMIT": "45"}).task_time_limit == 45.0
+    assert EngineSettings.from_env({"TASK_TIME_LIMIT": "0"}).task_time_limit == 0.0  # no limit
+    assert RetryPolicy(time_limit=5).time_limit == 5
