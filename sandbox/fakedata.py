@@ -10,6 +10,7 @@ same ``Home`` so they agree with each other the way real providers roughly do.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import random
 import re
@@ -181,6 +182,8 @@ def market_level(zipcode: str) -> int:
     return int(rng("level", zipcode).uniform(140_000, 850_000)) // 1000 * 1000
 
 
+#: Homes and neighbour lists are pure functions of their inputs: cached (about 1 KB each).
+@functools.lru_cache(maxsize=65_536)
 def home(address_text: str) -> Home:
     address = parse_address(address_text)
     r = rng("home", address.one_line)
@@ -224,7 +227,8 @@ def iso(day: dt.date) -> str:
     return f"{day.isoformat()}T00:00:00.000Z"
 
 
-def neighbours(zipcode: str, kind: str, count: int | None = None) -> list[Home]:
+@functools.lru_cache(maxsize=8_192)
+def neighbours(zipcode: str, kind: str, count: int | None = None) -> tuple[Home, ...]:
     """Homes in a zip code for a search (``kind`` keeps for-sale and sold sets apart)."""
     r = rng("neighbours", zipcode, kind)
     city, state, _, _, _ = zip_area(zipcode)
@@ -233,4 +237,4 @@ def neighbours(zipcode: str, kind: str, count: int | None = None) -> list[Home]:
     for _ in range(n):
         street = f"{r.randrange(10, 9990)} {r.choice(STREETS)} {r.choice(SUFFIXES)}"
         homes.append(home(f"{street}, {city}, {state} {zipcode}"))
-    return homes
+    return tuple(homes)

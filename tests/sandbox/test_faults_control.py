@@ -174,3 +174,12 @@ def test_many_requests_in_parallel(sb) -> None:
     elapsed = time.monotonic() - started
     print(f"{n_threads * per_thread} requests in {elapsed:.2f}s = {n_threads * per_thread / elapsed:.0f} req/s")
     assert errors == [] and sb.stats()["calls"]["email_verification"] == n_threads * per_thread
+
+
+def test_malformed_through_boto3_loses_the_message_id_but_ses_accepted(sb, keys: Keys) -> None:
+    sb.faults("ses:malformed=1")
+    answer = aws_client("sesv2", sb, keys.AKID).send_email(
+        FromEmailAddress="a@example.com", Destination={"ToAddresses": ["garbled@example.org"]},
+        Content={"Simple": {"Subject": {"Data": "s"}, "Body": {"Text": {"Data": "b"}}}})
+    assert "MessageId" not in answer  # botocore hands back what it could parse: nothing
+    assert sb.stats()["emails"] == {"garbled@example.org": 1}
