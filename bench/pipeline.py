@@ -208,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     print(common.table(["provider", "scaled rate", "calls/campaign", "bound campaigns/min", "calls", "429s",
                         "busy (calls ÷ rate × span)", "active span s"], rows))
     throttled = sum(stats.get("throttled", {}).values())
+    for plan in PROVIDER_PLANS:
+        for line in throttle_context(calls, plan.name, rates[plan.name] * scale):
+            print(line)
     print()
     print(common.table(
         ["campaigns sent", "first start → last send s", "achieved campaigns/min", "bound campaigns/min",
@@ -217,6 +220,26 @@ def main(argv: list[str] | None = None) -> int:
     ))
     common.headline("pipeline campaigns/min vs slowest-provider bound", whole / bound_per_s)
     return 0
+
+
+def throttle_context(calls: list[dict], provider: str, rate: float, most: int = 3) -> list[str]:
+    """For a few 429s of ``provider``: the gaps between the calls that reached the sandbox just before.
+
+    The limiter spaces grants 1/rate apart on the Redis clock; the sandbox's
+    bucket (capacity 2) tolerates one call's worth of early arrival. Gaps well
+    under 1/rate right before a 429 mean the calls were bunched on their way
+    from the grant to the provider (thread scheduling, the GIL, a busy CPU).
+    """
+    ts = sorted((c["t"], c.get("status")) for c in calls if c.get("provider") == provider)
+    out = []
+    for i, (t, status) in enumerate(ts):
+        if status != 429 or len(out) >= most:
+            continue
+        before = [x for x, _ in ts[max(0, i - 4): i + 1]]
+        gaps = ", ".join(f"{(b - a) * 1000:.0f}" for a, b in zip(before, before[1:]))
+        out.append(f"  {provider} 429: gaps between the last calls before it {gaps} ms "
+                   f"(limiter spacing {1000 / rate:.0f} ms)")
+    return out
 
 
 def common_free_port() -> int:
