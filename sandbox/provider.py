@@ -51,6 +51,9 @@ class Provider(Protocol):
     def decorate(self, req: Request, ctx: CallContext | None, resp: Response) -> Response:
         """Headers the provider puts on every answer (RapidAPI quotas, QEV credits, AWS request ids)."""
 
+    def reset(self) -> None:
+        """Forget per-key state (quotas used, credits spent)."""
+
 
 def retry_after_header(seconds: float) -> str:
     """HTTP Retry-After is whole seconds; never 0, or a client would retry at once."""

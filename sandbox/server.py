@@ -113,7 +113,7 @@ class Sandbox:
         self.stats.reset()
         self.limits.reset()
         for provider in self.providers.values():
-            provider.reset()  # type: ignore[attr-defined]
+            provider.reset()
 
     def set_faults(self, spec: str | Mapping[str, Any] | None) -> str:
         return faultlib.describe(self.injector.set(spec))
@@ -132,7 +132,10 @@ class Sandbox:
             if req.query.get("provider"):
                 calls = [c for c in calls if c["provider"] == req.query["provider"]]
             if req.query.get("since"):
-                since = float(req.query["since"])
+                try:
+                    since = float(req.query["since"])
+                except ValueError:
+                    return Response.json(400, {"error": "since must be a number (server monotonic seconds)"})
                 calls = [c for c in calls if c["t"] >= since]
             return Response.json(200, {"calls": calls, "now": round(time.monotonic(), 6)})
         if path == "/_sandbox/emails" and req.method == "GET":
