@@ -12,7 +12,10 @@ import argparse
 import os
 import signal
 import sys
-import threading
+import time
+
+#: How often the main thread checks for SIGTERM/SIGINT, in s.
+POLL = 0.2
 
 
 def _faults(text: str) -> str:
@@ -79,13 +82,15 @@ def _sandbox(args: argparse.Namespace) -> int:
                                  seed=args.seed, hang=args.hang_seconds or DEFAULT_HANG, rates=rates)
     except OSError as exc:
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
-    stop = threading.Event()
+    # A plain flag, not a threading.Event: setting an Event from a signal handler can deadlock when the
+    # signal lands while the main thread holds the Event's lock inside wait().
+    stopping: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, lambda signum, _frame: stopping.append(signum))
     print(f"sandbox listening on {handle.url}", flush=True)
     try:
-        while not stop.wait(0.2):
-            pass
+        while not stopping:
+            time.sleep(POLL)
     finally:
         handle.stop()
     sys.stdout.flush()
