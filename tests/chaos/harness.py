@@ -24,6 +24,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -642,6 +643,13 @@ class Cluster:
                 out.append(f"--- {log.name} ({len(body)} lines), last warnings/errors:")
                 out.extend("    " + l for l in interesting[-lines:])
         return "\n".join(out)
+
+
+def example_dir() -> Path:
+    """A folder for one example's logs, outside pytest's rotating temp folders (kept when the example fails)."""
+    root = Path(os.environ.get("CHAOS_LOG_DIR") or tempfile.gettempdir())
+    root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix="chaos-", dir=root))
 
 
 @attrs.define

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -27,7 +26,7 @@ from hypothesis import HealthCheck, Phase, example, given, note, seed, settings
 from hypothesis.control import currently_in_test_context
 
 from tests.chaos import invariants
-from tests.chaos.harness import Cluster
+from tests.chaos.harness import Cluster, example_dir
 from tests.chaos.schedule import Fault, Schedule, schedules
 from tests.servers import PostgresServer
 
@@ -73,13 +72,6 @@ EVERYTHING = Schedule(
 
 #: Tallies over the whole session, printed at the end of the test.
 COVERAGE: Counter[str] = Counter()
-
-
-def example_dir() -> Path:
-    """A folder for one example's logs, outside pytest's rotating temp folders (kept when the example fails)."""
-    root = Path(os.environ.get("CHAOS_LOG_DIR") or tempfile.gettempdir())
-    root.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix="chaos-", dir=root))
 
 
 def run_and_check(schedule: Schedule, pg: PostgresServer, workdir: Path | None = None) -> None:

@@ -15,12 +15,10 @@ import os
 import random
 import threading
 import time
-from pathlib import Path
-
 import pytest
 
 from tests.chaos import invariants
-from tests.chaos.harness import Cluster
+from tests.chaos.harness import Cluster, example_dir
 from tests.chaos.schedule import Schedule
 from tests.servers import PostgresServer
 
@@ -54,7 +52,8 @@ def _killer(cluster: Cluster, stop: threading.Event, kills: list[str]) -> None:
 
 
 @pytest.mark.slow
-def test_load_with_worker_kills(chaos_pg: PostgresServer, tmp_path: Path) -> None:
+def test_load_with_worker_kills(chaos_pg: PostgresServer) -> None:
+    tmp_path = example_dir()
     schedule = Schedule(campaigns=CAMPAIGNS, workers=WORKERS, concurrency=CONCURRENCY)
     env = {"PRODUCER_BATCH": "200"}
     with Cluster(pg=chaos_pg, workdir=tmp_path, schedule=schedule, time_scale=TIME_SCALE, extra_env=env) as cluster:
