@@ -30,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("worker", help="run task handlers (until SIGTERM, or until empty with --burst)")
     p.add_argument("--queues", type=_queue_list, default=None,
                    help="comma-separated task types to consume, in priority order (default: all)")
-    p.add_argument("--concurrency", type=positive_int, default=1, help="handler threads (default 1)")
+    p.add_argument("--concurrency", type=positive_int, default=None,
+                   help="handler threads (default: engine.worker.DEFAULT_CONCURRENCY, 16; polling mode 1)")
     p.add_argument("--burst", action="store_true", help="exit once the queues and this worker are empty")
     p.set_defaults(func=_worker)
 
@@ -82,7 +83,7 @@ def _ctx() -> Any:
 def _worker(args: argparse.Namespace) -> int:
     from campaignctl import wiring
     from engine.identity import new_worker_id
-    from engine.worker import Worker
+    from engine.worker import DEFAULT_CONCURRENCY, Worker
     from workflow.states import TASK_TYPES
 
     ctx = _ctx()
@@ -104,9 +105,10 @@ def _worker(args: argparse.Namespace) -> int:
     if mode == "polling":
         return run_polling_worker(store=ctx.store, registry=registry, limiter=wiring.build_limiter(ctx),
                                   max_token_sleep=ctx.settings.max_token_sleep, task_types=queues,
-                                  concurrency=args.concurrency, burst=args.burst, env=ctx.env)
+                                  concurrency=args.concurrency or 1, burst=args.burst, env=ctx.env)
     worker = Worker(ctx.redis, ctx.settings, registry, wiring.build_limiter(ctx), queues=queues,
-                    concurrency=args.concurrency, burst=args.burst, task_types=TASK_TYPES, worker_id=worker_id)
+                    concurrency=args.concurrency or DEFAULT_CONCURRENCY, burst=args.burst, task_types=TASK_TYPES,
+                    worker_id=worker_id)
     code = worker.run()
     if worker.left_running:
         # Handler threads still running past the grace period hold no lease any more; do not wait for them.
