@@ -110,6 +110,8 @@ class Worker:
         self.keys = self.queue.keys
         self.started_at = time.time()
         self._stop = threading.Event()
+        #: Stops the heartbeat; set only once shutdown is done, so liveness and leases are kept during the grace.
+        self._heartbeat_stop = threading.Event()
         self._slot_free = threading.Event()
         self._lock = threading.Lock()
         #: Notified (under _lock) whenever a job leaves _jobs.
@@ -160,8 +162,7 @@ class Worker:
         try:
             self._claim_loop()
         finally:
-            self._shutdown(settler)
-            heartbeat.join(timeout=self.settings.heartbeat_interval + 1)
+            self._shutdown(settler, heartbeat)
         return 0
 
     def _claim_loop(self) -> None:
@@ -201,8 +202,13 @@ class Worker:
             return False
         return True
 
-    def _shutdown(self, settler: threading.Thread) -> None:
-        """Let running handlers finish up to the grace period; release the rest to the front of their queue."""
+    def _shutdown(self, settler: threading.Thread, heartbeat: threading.Thread) -> None:
+        """Let running handlers finish up to the grace period; release the rest to the front of their queue.
+
+        The heartbeat goes on during the grace period: a worker finishing a
+        long task must not look dead to recovery (LIVENESS_TTL is shorter
+        than SHUTDOWN_GRACE by default) nor let the task's lease lapse.
+        """
         self._stop.set()
         with self._changed:
             if self._jobs:
@@ -211,6 +217,8 @@ class Worker:
                 self._changed.wait_for(lambda: not self._jobs, timeout=self.settings.shutdown_grace)
             self._abandon = True
             leftovers = [j for j in self._jobs.values() if not j.finished]
+        self._heartbeat_stop.set()
+        heartbeat.join(timeout=self.settings.heartbeat_interval + 5)
         # The settler acks what finished (also during the grace period above), then exits.
         self._settler_stop = True
         self._ack_ready.set()
@@ -406,7 +414,7 @@ class Worker:
     # -- heartbeat -----------------------------------------------------------------------
 
     def _heartbeat_loop(self) -> None:
-        while not self._stop.wait(self.settings.heartbeat_interval):
+        while not self._heartbeat_stop.wait(self.settings.heartbeat_interval):
             self._expire_overdue()
             self._beat()
 
@@ -471,7 +479,10 @@ class Worker:
         """
         if job.ctx is not None:
             job.ctx.lease_lost.set()
-        self._spawn_handler()
+        with self._lock:
+            replace = not self._abandon
+        if replace:
+            self._spawn_handler()
         with self._changed:
             self._changed.notify_all()
         self._slot_free.set()

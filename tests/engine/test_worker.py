@@ -11,6 +11,7 @@ import redis
 from engine.errors import Discard, Permanent, RateLimited, Transient
 from engine.queue import TaskQueue
 from engine.ratelimit import Limit, RateLimiter
+from engine.recovery import Recovery
 from engine.registry import Registry
 from engine.retry import RetryPolicy
 from engine.settings import EngineSettings
@@ -276,3 +277,39 @@ def test_task_time_limit_comes_from_the_environment() -> None:
     assert EngineSettings.from_env({"TASK_TIME_LIMIT": "45"}).task_time_limit == 45.0
     assert EngineSettings.from_env({"TASK_TIME_LIMIT": "0"}).task_time_limit == 0.0  # no limit
     assert RetryPolicy(time_limit=5).time_limit == 5
+
+
+def test_a_stopping_worker_stays_alive_and_keeps_its_leases_during_the_grace_period(
+        redis_client: redis.Redis, settings: EngineSettings, queue: TaskQueue) -> None:
+    # Given a worker running a task that needs longer than LIVENESS_TTL (0.6 s) to finish
+    started, release = threading.Event(), threading.Event()
+    runs: list[int] = []
+
+    def handle(task, ctx) -> None:  # type: ignore[no-untyped-def]
+        runs.append(task.campaign_id)
+        started.set()
+        release.wait(10)
+
+    registry = Registry()
+    registry.register("alpha", handle)
+    queue.enqueue("alpha", 1)
+    worker = Worker(redis_client, settings, registry, concurrency=2, task_types=TYPES)
+    thread = threading.Thread(target=worker.run, kwargs={"install_signals": False})
+    thread.start()
+    try:
+        assert started.wait(5)
+        # When it is asked to stop, and more than LIVENESS_TTL passes within SHUTDOWN_GRACE (2 s)
+        worker.stop()
+        time.sleep(settings.liveness_ttl * 1.5)
+        # Then recovery still sees it alive and leaves its task alone
+        report = Recovery(redis_client, settings, queue).run_once()
+        assert report.dead_workers == [] and report.requeued == 0
+        assert redis_client.exists(queue.keys.worker(worker.worker_id))
+    finally:
+        release.set()
+        thread.join(10)
+    # And the task finished there, once, and was acked
+    assert runs == [1]
+    stats = queue.stats()["queues"]["alpha"]
+    assert (stats["ready"], stats["in_flight"]) == (0, 0)
+    assert not redis_client.exists(queue.keys.worker(worker.worker_id))
