@@ -101,7 +101,7 @@ def measure_drain(
     elapsed = time.perf_counter() - t0
     cpu1, rcpu1 = common.group_cpu(groups), _redis_cpu(client)
     done = left0 - left
-    per = lambda a, b: (b - a) / done * 1e6 if done > 0 and groups is not None else float("nan")  # noqa: E731
+    per = lambda a, b: (b - a) / done * 1e6 if done > 0 else float("nan")  # noqa: E731
     return Drain(done / elapsed if elapsed > 0 else float("nan"), done,
                  per(cpu0, cpu1) if groups else float("nan"), per(rcpu0, rcpu1))
 
