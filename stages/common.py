@@ -11,8 +11,8 @@ nothing is written.
 
 from __future__ import annotations
 
-import functools
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -37,35 +37,51 @@ log = logging.getLogger("stages")
 
 
 class Providers:
-    """The provider clients of one process, built on first use (boto3 clients take a while)."""
+    """The provider clients of one process, built on first use (boto3 clients take a while).
+
+    Built under a lock so worker threads share one client each. Stages touch a
+    client before taking a rate-limit token, so the slow first build never sits
+    between the token and the request (which would bunch requests up).
+    """
 
     def __init__(self, settings: ProviderSettings) -> None:
         self.settings = settings
         self.session = make_session()
+        self._lock = threading.Lock()
+        self._clients: dict[str, Any] = {}
 
-    @functools.cached_property
+    def _get(self, name: str, build: Callable[[], Any]) -> Any:
+        client = self._clients.get(name)
+        if client is None:
+            with self._lock:
+                client = self._clients.get(name)
+                if client is None:
+                    client = self._clients[name] = build()
+        return client
+
+    @property
     def zillow(self) -> ZillowClient:
-        return ZillowClient(self.settings, self.session)
+        return self._get("zillow", lambda: ZillowClient(self.settings, self.session))
 
-    @functools.cached_property
+    @property
     def zillow56(self) -> Zillow56Client:
-        return Zillow56Client(self.settings, self.session)
+        return self._get("zillow56", lambda: Zillow56Client(self.settings, self.session))
 
-    @functools.cached_property
+    @property
     def rentcast(self) -> RentCastClient:
-        return RentCastClient(self.settings, self.session)
+        return self._get("rentcast", lambda: RentCastClient(self.settings, self.session))
 
-    @functools.cached_property
+    @property
     def email_verification(self) -> EmailVerificationClient:
-        return EmailVerificationClient(self.settings, self.session)
+        return self._get("email_verification", lambda: EmailVerificationClient(self.settings, self.session))
 
-    @functools.cached_property
+    @property
     def bedrock(self) -> BedrockClient:
-        return BedrockClient(self.settings)
+        return self._get("bedrock", lambda: BedrockClient(self.settings))
 
-    @functools.cached_property
+    @property
     def ses(self) -> SesClient:
-        return SesClient(self.settings)
+        return self._get("ses", lambda: SesClient(self.settings))
 
 
 @attrs.define

@@ -3,14 +3,15 @@
 SES has no idempotency key (providers.md §6.4), so the run's email_sends row is
 the key:
 
-1. take an SES token first (a deferral must not leave an intent behind);
-2. in one transaction, re-check the campaign (READY_TO_SEND, same version) and
+1. in one transaction, re-check the campaign (READY_TO_SEND, same version) and
    record ``intent`` for ``campaign-<id>-run-<run>``. If a row already exists:
    ``sent`` -> just apply mark_sent; ``intent``/``unknown`` -> a previous sender
    may have sent it: apply mark_send_unknown (SEND_OUTCOME_UNKNOWN) and do NOT
    call SES;
-3. call SES (one attempt, run key as EmailTag);
-4. in one transaction record the message id (``sent``) and apply mark_sent.
+2. take an SES token (right before the call; if the limiter defers the task,
+   the intent is reset to ``not_sent``: nothing was sent), then call SES
+   once, with the run key as EmailTag;
+3. in one transaction record the message id (``sent``) and apply mark_sent.
 
 A failure where SES certainly did not accept the message (throttled, refused,
 no connection) resets the row to ``not_sent`` and raises, so the engine retries
@@ -19,7 +20,7 @@ timeout, 5xx, dropped connection) marks the row and the campaign unknown; it is
 never resent blindly (``campaignctl resolve ID --sent|--not-sent``).
 
 Test hook: CE_TEST_CRASH_AFTER_SES_CALL=1 SIGKILLs the process right after SES
-answered and before step 4, which is exactly the window the intent covers.
+answered and before step 3, which is exactly the window the intent covers.
 """
 
 from __future__ import annotations
@@ -71,7 +72,6 @@ def handle(task: Task, ctx: Any, deps: Deps) -> None:
     worker_id = getattr(ctx, "worker_id", None)
     expect = Expect(status=Status.READY_TO_SEND, version=snap.version, run_id=snap.run_id)
 
-    ctx.acquire("ses")  # before the intent: a deferral here leaves nothing behind
     try:
         claimed, existing = _claim(deps, snap, task.task_id, worker_id)
     except IntegrityError:
@@ -84,8 +84,16 @@ def handle(task: Task, ctx: Any, deps: Deps) -> None:
         _settle_existing(task, deps, snap, existing or {}, expect, worker_id)
         return
 
+    ses = deps.providers.ses  # built before the token is taken (the first build is slow)
     try:
-        message_id = deps.providers.ses.send(None, to=snap.email, subject=draft["subject"], body=draft["body"],
+        # The token is taken right before the call (a DB transaction in between would bunch calls up
+        # and break the provider's rate); a deferral here certainly sent nothing, so the intent is reset.
+        ctx.acquire("ses")
+    except BaseException:
+        _reset(deps, snap)
+        raise
+    try:
+        message_id = ses.send(None, to=snap.email, subject=draft["subject"], body=draft["body"],
                                              run_key=sends.run_key(snap.id, snap.run_id))
     except SendOutcomeUnknown as exc:
         _mark_unknown(task, deps, snap, expect, worker_id, str(exc))

@@ -21,8 +21,16 @@ from tests.stages.conftest import ROOT, Sandbox
 from workflow.db import make_engine
 from workflow.store import CampaignStore
 
-#: Sandbox time scale and the engine's RATE_SCALE (10/min runs as 33/s).
-SCALE = 200.0
+#: Sandbox time scale and the engine's RATE_SCALE (10/min runs as 8.3/s).
+SCALE = 50.0
+#: The engine's rates, below the plan rates the sandbox enforces. An operator leaves headroom in
+#: production too (docs/providers.md): at exactly the plan rate the provider's bucket absorbs one
+#: interval of jitter, and a loaded CI machine (load 6 on 2 cores measured) can hold a granted token
+#: for 50-100 ms before the request leaves. So every API keeps an engine interval of >= 50 ms at
+#: this scale: zillow and bedrock at 80 % (150 ms+ intervals), the fast ones (rentcast and QEV at
+#: 1/s, SES at 10/s, i.e. 2-20 ms scaled) lower. They are not the bottleneck: zillow's 60 calls are.
+ENGINE_RATES = {"RATE_ZILLOW": "8/min", "RATE_ZILLOW56": "8/min", "RATE_RENTCAST": "0.4/s",
+                "RATE_BEDROCK": "6.4/min", "RATE_EMAIL_VERIFICATION": "0.4/s", "RATE_SES": "0.4/s"}
 #: Longest a burst of workers may take before the test gives up, in s.
 RUN_TIMEOUT = 120.0
 CAMPAIGNS = 20
@@ -41,7 +49,7 @@ def app_env(pg_url: str, redis_url: str, key_prefix: str, sandbox: Sandbox, **ex
         PYTHONPATH=str(ROOT), DATABASE_URL=pg_url, REDIS_URL=redis_url, KEY_PREFIX=key_prefix,
         SANDBOX_URL=sandbox.url, RATE_SCALE=f"{SCALE:g}", HEARTBEAT_INTERVAL="0.3", LIVENESS_TTL="1.5",
         RECOVERY_INTERVAL="0.3", STALL_THRESHOLD="30", MAX_TOKEN_SLEEP="5", CLAIM_BLOCK="0.1",
-        PYTHONUNBUFFERED="1", LOG_LEVEL="INFO",
+        PYTHONUNBUFFERED="1", LOG_LEVEL="INFO", **ENGINE_RATES,
     )
     env.update(extra)
     return env
@@ -91,7 +99,7 @@ def test_twenty_campaigns_two_workers(pg_url: str, redis_url: str, key_prefix: s
     stats = e2e_sandbox.stats()
     print(status, stats["calls"], stats["throttled"])
     assert status["READY_FOR_REVIEW"] == CAMPAIGNS, (status, [p.read_text()[-3000:] for p in tmp_path.glob("*.log")])
-    assert sum(stats["throttled"].values()) == 0
+    assert sum(stats["throttled"].values()) == 0, stats["throttled"]
     calls = stats["calls"]
     assert calls.get("zillow", 0) + calls.get("zillow56", 0) == 3 * CAMPAIGNS
     assert calls.get("rentcast", 0) == 2 * CAMPAIGNS
@@ -106,7 +114,9 @@ def test_twenty_campaigns_two_workers(pg_url: str, redis_url: str, key_prefix: s
     print(status, stats["calls"].get("ses"), stats["emails"])
     assert status["SENT"] == CAMPAIGNS
     assert len(stats["emails"]) == CAMPAIGNS and set(stats["emails"].values()) == {1}
-    assert sum(stats["throttled"].values()) == 0
+    ses = [c["t"] for c in e2e_sandbox.calls() if c["provider"] == "ses"]
+    print(f"SES: smallest gap between two calls {min(b - a for a, b in zip(ses, ses[1:])) * 1000:.1f} ms")
+    assert sum(stats["throttled"].values()) == 0, stats["throttled"]
 
 
 def test_crash_after_ses_call_and_bad_data(pg_url: str, redis_url: str, key_prefix: str, e2e_sandbox: Sandbox,
