@@ -68,6 +68,12 @@ CHAOS_TIMERS: dict[str, str] = {
     "VISIBILITY_TIMEOUT": "60",
     "MAX_TOKEN_SLEEP": "2",
     "SHUTDOWN_GRACE": "5",
+    # Every provider at 10/min, so 10/s at the suite's time scale: 100 ms between grants. At the plan
+    # rates SES would run at 600/s, where 1.7 ms of scheduling jitter between the engine's grant and the
+    # sandbox's clock already trips the sandbox's bucket (docs/reliability.md, findings).
+    "RATE_RENTCAST": "10/min",
+    "RATE_EMAIL_VERIFICATION": "10/min",
+    "RATE_SES": "10/min",
     # Provider read timeouts: an injected timeout must cost seconds, not a minute.
     "PROVIDER_CONNECT_TIMEOUT": "2",
     **{f"{api.upper()}_TIMEOUT": "2" for api in PROVIDERS},
@@ -627,8 +633,14 @@ class Cluster:
             provider_faults=dict(self.provider_faults_seen),
             servers_restarted=set(self.servers_restarted),
             time_scale=self.time_scale,
+            rates=self.plan_rates(),
             exits=[attrs.asdict(rec) for rec in self.records if rec.ended is not None],
         )
+
+    def plan_rates(self) -> dict[str, float]:
+        from campaignctl.limits import rate_limits
+
+        return {api: limit.rate for api, limit in rate_limits(self.base_env()).items()}
 
     def describe_run(self) -> str:
         lines = [f"  {t:6.1f}s  {what}" for t, what in self.timeline]
@@ -673,6 +685,8 @@ class Evidence:
     provider_faults: dict[str, set[str]]
     servers_restarted: set[str]
     time_scale: float
+    #: Plan rates in calls/s before the time scale, as the processes read them (RATE_<API>).
+    rates: dict[str, float]
     exits: list[dict[str, Any]]
 
 

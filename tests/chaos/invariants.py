@@ -55,6 +55,28 @@ NAMES = {
 }
 
 
+class InvariantBroken(AssertionError):
+    """Raised for a failed example; one subclass per invariant so hypothesis tells different bugs apart.
+
+    hypothesis keys a failure by exception type and raise site: with one
+    class per invariant, a schedule that breaks invariant 2 is never shrunk
+    into one that breaks invariant 4, and both are reported.
+    """
+
+
+BROKEN: dict[int, type[InvariantBroken]] = {
+    n: type(f"Invariant{n}Broken", (InvariantBroken,), {"__doc__": f"Invariant {n} broke: {name}."})
+    for n, name in {
+        1: "every campaign is resting",
+        2: "at most one email per recipient and run",
+        3: "history follows the machine",
+        4: "providers never saw more than their limit",
+        5: "nothing left behind",
+        6: "unsubscribed means unsubscribed",
+    }.items()
+}
+
+
 @attrs.define
 class Report:
     violations: dict[int, list[str]] = attrs.Factory(lambda: defaultdict(list))
@@ -66,6 +88,12 @@ class Report:
     @property
     def ok(self) -> bool:
         return not any(self.violations.values())
+
+    @property
+    def exception_type(self) -> type[InvariantBroken]:
+        """The class for the lowest-numbered broken invariant."""
+        broken = sorted(n for n, found in self.violations.items() if found)
+        return BROKEN[broken[0]] if broken else InvariantBroken
 
     def render(self, limit: int = 12) -> str:
         lines = []
@@ -256,7 +284,7 @@ def worst_window(times: list[float], rate: float) -> tuple[float, int, float]:
 
 
 def _rates(ev: Evidence, report: Report) -> None:
-    rates = plan_rates()
+    rates = ev.rates or plan_rates()
     throttled = ev.sandbox_stats.get("throttled") or {}
     for provider, n in sorted(throttled.items()):
         if n:

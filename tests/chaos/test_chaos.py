@@ -109,7 +109,7 @@ def run_and_check(schedule: Schedule, pg: PostgresServer, workdir: Path | None =
     if report.ok and not VERBOSE:
         shutil.rmtree(workdir, ignore_errors=True)
     if not report.ok:
-        raise AssertionError(
+        raise report.exception_type(
             "\n".join(
                 [
                     "chaos schedule broke the system's guarantees",

@@ -69,6 +69,7 @@ def _evidence(**over: Any) -> Evidence:
         provider_faults={},
         servers_restarted=set(),
         time_scale=60.0,
+        rates=dict(invariants.PLAN_RATES),
         exits=[],
     )
     base.update(over)
