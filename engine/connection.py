@@ -27,9 +27,11 @@ def connect(settings: EngineSettings, *, check: bool = True) -> redis.Redis:
     kwargs: dict[str, object] = {
         "decode_responses": True,
         "health_check_interval": 30,
-        "socket_keepalive": True,
         "retry_on_timeout": True,
     }
+    if not settings.redis_url.startswith("unix:"):
+        # TCP only: redis-py 8 refuses the option for a unix socket (the embedded Redis of the demo).
+        kwargs["socket_keepalive"] = True
     if settings.redis_password:
         kwargs["password"] = settings.redis_password
     client = redis.Redis.from_url(settings.redis_url, **kwargs)
