@@ -25,6 +25,7 @@ OPTIONAL_FIELDS: dict[str, type | tuple[type, ...]] = {
 }
 #: Longest payload accepted, in bytes; anything larger is garbage, not a task.
 MAX_PAYLOAD_BYTES = 4096
+_FIELDS = frozenset(REQUIRED_FIELDS) | frozenset(OPTIONAL_FIELDS)
 
 
 class MalformedTask(ValueError):
@@ -79,6 +80,17 @@ class Task:
             data = json.loads(raw)
         except ValueError as exc:
             raise MalformedTask(f"payload is not JSON: {exc}") from None
+        # Fast path for the common, valid payload (exact types: json never makes subclasses, and
+        # ``type(x) is int`` already refuses booleans); anything else gets the checks below, for the reason.
+        if type(data) is dict and data.keys() <= _FIELDS:
+            task_id, campaign_id, task_type = data.get("task_id"), data.get("campaign_id"), data.get("task_type")
+            retry_count, enqueued_at = data.get("retry_count"), data.get("enqueued_at")
+            lease_losses = data.get("lease_losses", 0)
+            if (type(task_id) is str and 0 < len(task_id) <= 64 and type(campaign_id) is int and campaign_id > 0
+                    and type(task_type) is str and type(retry_count) is int and retry_count >= 0
+                    and type(enqueued_at) in (int, float) and type(lease_losses) is int
+                    and (task_types is None or task_type in task_types)):
+                return cls(task_id, campaign_id, task_type, retry_count, float(enqueued_at), lease_losses)
         if not isinstance(data, dict):
             raise MalformedTask(f"payload is a JSON {type(data).__name__}, not an object")
         for name, kind in REQUIRED_FIELDS.items():
