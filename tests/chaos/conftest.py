@@ -30,6 +30,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The 1,000-campaign load test runs only with CHAOS_LOAD=1 (it takes ~7 min on 2 cores: over CI's budget).
+
+    It is deselected, not skipped: a run without CHAOS_LOAD never claims it passed.
+    """
+    if os.environ.get("CHAOS_LOAD", "") in ("1", "true", "yes"):
+        return
+    keep = [i for i in items if "test_load.py" not in i.nodeid]
+    if len(keep) != len(items):
+        config.hook.pytest_deselected(items=[i for i in items if "test_load.py" in i.nodeid])
+        items[:] = keep
+
+
 @pytest.fixture
 def chaos_replay(request: pytest.FixtureRequest) -> Schedule | None:
     raw = request.config.getoption("--chaos-replay", default="")
