@@ -8,7 +8,7 @@ the processes' logs, and the replay string:
 
     pytest tests/chaos --chaos-replay=<string>
 
-Budget: CHAOS_EXAMPLES generated schedules (default 4) plus the fixed
+Budget: CHAOS_EXAMPLES generated schedules (default 6) plus the fixed
 schedules below, which make sure every fault kind runs in every CI build.
 """
 
@@ -31,7 +31,7 @@ from tests.chaos.schedule import Fault, Schedule, schedules
 from tests.servers import PostgresServer
 
 #: Generated schedules per run (CI default; raise with CHAOS_EXAMPLES).
-EXAMPLES = int(os.environ.get("CHAOS_EXAMPLES", "4"))
+EXAMPLES = int(os.environ.get("CHAOS_EXAMPLES", "6"))
 #: Providers' time scale: 30 turns 10/min into 5/s (every provider runs at 10/min in chaos runs), 200 ms
 #: between grants: well above the scheduling jitter of a busy 2-core CI machine.
 TIME_SCALE = float(os.environ.get("CHAOS_TIME_SCALE", "30"))
