@@ -127,7 +127,13 @@ def run_and_check(schedule: Schedule, pg: PostgresServer, workdir: Path | None =
         )
 
 
+#: pytest-timeout for the whole hypothesis run: every example may take up to ~3 min on a slow machine,
+#: plus hypothesis' 5-minute shrinking cap (pyproject's 600 s default is for one ordinary test).
+RUN_TIMEOUT_S = 600 + (EXAMPLES + 1) * 180
+
+
 @pytest.mark.slow
+@pytest.mark.timeout(RUN_TIMEOUT_S)
 def test_chaos(chaos_pg: PostgresServer, chaos_replay: Schedule | None) -> None:
     """Random fault schedules (plus the fixed EVERYTHING one) keep all six invariants."""
     if chaos_replay is not None:

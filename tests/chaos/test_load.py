@@ -52,6 +52,7 @@ def _killer(cluster: Cluster, stop: threading.Event, kills: list[str]) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(int(DEADLINE_S) + 600)
 def test_load_with_worker_kills(chaos_pg: PostgresServer) -> None:
     tmp_path = example_dir()
     schedule = Schedule(campaigns=CAMPAIGNS, workers=WORKERS, concurrency=CONCURRENCY)
