@@ -48,7 +48,8 @@ def rate_limits(env: Mapping[str, str]) -> dict[str, Limit]:
     provided = getattr(stage_settings, "rate_limits", None)
     if callable(provided):
         limits = provided(env)
-        return {api: (v if isinstance(v, Limit) else Limit(*v)) for api, v in limits.items()}
+        out = {api: (v if isinstance(v, Limit) else Limit(*v)) for api, v in limits.items()}
+        return _with_headroom(out, env)
     out = {}
     for api, default in DEFAULT_RATES.items():
         name = api.upper()
@@ -58,4 +59,20 @@ def rate_limits(env: Mapping[str, str]) -> dict[str, Limit]:
         except ValueError:
             raise ValueError(f"BURST_{name} must be a whole number, got {env.get(f'BURST_{name}')!r}") from None
         out[api] = Limit(rate=rate, burst=max(1, burst))
-    return out
+    return _with_headroom(out, env)
+
+
+#: Fraction of each provider's plan rate the engine grants. The provider counts
+#: arrivals, not grants: a call delayed after its token (GC, a busy core) can
+#: bunch up with the next one, so the engine stays a little under the plan.
+DEFAULT_RATE_HEADROOM = 0.9
+
+
+def _with_headroom(limits: dict[str, Limit], env: Mapping[str, str]) -> dict[str, Limit]:
+    try:
+        headroom = float(env.get("RATE_HEADROOM") or DEFAULT_RATE_HEADROOM)
+    except ValueError:
+        raise ValueError(f"RATE_HEADROOM must be a number, got {env.get('RATE_HEADROOM')!r}") from None
+    if not 0 < headroom <= 1:
+        raise ValueError(f"RATE_HEADROOM must be in (0, 1], got {headroom}")
+    return {api: Limit(rate=limit.rate * headroom, burst=limit.burst) for api, limit in limits.items()}

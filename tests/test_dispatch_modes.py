@@ -163,7 +163,11 @@ def _check_database(pg_url: str) -> None:
             actual = {name: row[name] for name in LEGACY_COLUMNS}
             assert actual == {**actual, **expected}, (row["id"], actual, expected)
             history = store.history(row["id"])
-            machine.check_history(history)
+            illegal = machine.check_history(
+                (machine.state_name(h["from_status"], h["from_stage"]), machine.state_name(h["to_status"], h["to_stage"]))
+                for h in history
+            )
+            assert illegal == [], (row["id"], illegal)
             assert [h["version"] for h in history] == list(range(1, row["version"] + 1))
     finally:
         engine.dispose()
