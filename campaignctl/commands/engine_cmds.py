@@ -89,7 +89,9 @@ def _worker(args: argparse.Namespace) -> int:
     ctx = _ctx()
     worker_id = new_worker_id()
     registry = wiring.build_registry(ctx, worker_id=worker_id)
-    queues = args.queues or list(registry.task_types)
+    # Last stage first: a campaign near the end frees its slot before new ones start,
+    # so the slow providers early in the pipeline never starve the later ones.
+    queues = args.queues or list(reversed(registry.task_types))
     if not queues:
         raise Refused("no task handlers are registered (is stages.handlers installed?)")
     missing = [q for q in queues if registry.handler(q) is None]
