@@ -116,7 +116,7 @@ def plan_rates(env: Mapping[str, str]) -> dict[str, float]:
     """Plan rate per provider in calls/s, as the workers' limiter reads them (RATE_<API> overrides included)."""
     from campaignctl.limits import rate_limits
 
-    limits = rate_limits(env)
+    limits = rate_limits({**env, "RATE_HEADROOM": "1"})  # the plan itself, not the engine's margin under it
     return {plan.name: limits[plan.name].rate if plan.name in limits else plan.rate for plan in PROVIDER_PLANS}
 
 
