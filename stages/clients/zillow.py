@@ -2,11 +2,9 @@
 
 Calls: ``GET /property?address=`` (the home's facts) and
 ``GET /propertyExtendedSearch?location=<zip>&status_type=ForSale|RecentlySold``.
-RapidAPI sends no Retry-After: the wait after a 429 comes from
-``x-ratelimit-reset`` (the plan's rate window), else from the plan rate. A
-monthly/daily quota 429, a 401/403 (key, subscription) and a gateway 404 are
-outages an operator must fix: PermanentError(outage=True), which makes the
-stages fall back to zillow56.
+The gateway's error rules (429 waits, quota and key outages, which make the
+stages fall back to zillow56) live in ``stages.clients.rapidapi``. The
+normalizers here serve both Zillow APIs: they answer the same object shapes.
 """
 
 from __future__ import annotations
@@ -16,41 +14,19 @@ from typing import Any
 import requests
 
 from stages import settings as names
-from stages.clients.http import Gate, HttpClient, header_seconds, make_session
+from stages.clients.http import Gate
+from stages.clients.rapidapi import RapidApiClient
 from stages.errors import PermanentError, TransientError
 from stages.settings import ProviderSettings
 
 #: Search rows kept per stage result (the prompt needs a handful, not 40).
 MAX_ROWS = 10
-#: The plan-rate window reset (x-ratelimit-requests-reset) is only used as a wait when below this, in s;
-#: above it, it is the quota period (days), not a rate window.
-MAX_REQUESTS_RESET_AS_WAIT = 60.0
 #: Search statuses of the stages and their zillow-com1 spelling.
 STATUS_TYPES = {"for_sale": "ForSale", "recently_sold": "RecentlySold"}
 
 
 class NoProperty(PermanentError):
     """The address is unknown to the API (a 200 without a zpid): bad data, not an outage."""
-
-
-def is_quota(response: requests.Response, text: str) -> bool:
-    return "quota" in text.lower()
-
-
-def is_outage(response: requests.Response, text: str) -> bool:
-    return response.status_code in (401, 403, 404)
-
-
-def rapidapi_retry_after(settings: ProviderSettings, api: str):  # type: ignore[no-untyped-def]
-    def retry_after(response: requests.Response) -> float:
-        wait = header_seconds(response, "x-ratelimit-reset")
-        if wait is None:
-            wait = header_seconds(response, "x-ratelimit-requests-reset")
-            if wait is not None and wait > MAX_REQUESTS_RESET_AS_WAIT:
-                wait = None
-        return wait if wait is not None and wait > 0 else settings.plan_interval(api)
-
-    return retry_after
 
 
 def _num(value: Any) -> float | int | None:
@@ -132,28 +108,15 @@ def search_result(body: Any, rows_key: str, provider: str) -> dict[str, Any]:
     return {"source": provider, "total": total if isinstance(total, int) else len(clean), "rows": clean[:MAX_ROWS]}
 
 
-class ZillowClient:
+class ZillowClient(RapidApiClient):
     """zillow-com1 on RapidAPI."""
 
     api = names.ZILLOW
+    key_env = "ZILLOW_API_KEY or RAPIDAPI_KEY"
 
     def __init__(self, settings: ProviderSettings, session: requests.Session | None = None) -> None:
-        self.settings = settings
-        self.http = HttpClient(self.api, session or make_session(), settings.timeout(self.api), settings.secrets())
-        self.base = settings.zillow_base_url
-        self.host = settings.zillow_host
-        self.key = settings.zillow_key
-
-    def _get(self, gate: Gate, path: str, params: dict[str, str]) -> Any:
-        if not self.key:
-            raise PermanentError(self.api, "no API key configured (set ZILLOW_API_KEY or RAPIDAPI_KEY)", outage=True)
-        gate.acquire(self.api)
-        response = self.http.get(
-            f"{self.base}{path}", params=params, headers={"X-RapidAPI-Key": self.key, "X-RapidAPI-Host": self.host}
-        )
-        self.http.check(response, gate, retry_after=rapidapi_retry_after(self.settings, self.api),
-                        outage=is_outage, quota=is_quota)
-        return self.http.json(response)
+        super().__init__(settings, session, base=settings.zillow_base_url, host=settings.zillow_host,
+                         key=settings.zillow_key)
 
     def property_by_address(self, gate: Gate, address: str) -> dict[str, Any]:
         body = self._get(gate, "/property", {"address": address})

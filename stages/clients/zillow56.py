@@ -14,35 +14,25 @@ from typing import Any
 import requests
 
 from stages import settings as names
-from stages.clients.http import Gate, HttpClient, make_session
-from stages.clients.zillow import NoProperty, is_outage, is_quota, normalize_property, rapidapi_retry_after, search_result
-from stages.errors import PermanentError, TransientError
+from stages.clients.http import Gate
+from stages.clients.rapidapi import RapidApiClient
+from stages.clients.zillow import NoProperty, normalize_property, search_result
+from stages.errors import TransientError
 from stages.settings import ProviderSettings
 
 #: Search statuses of the stages and their zillow56 spelling.
 STATUSES = {"for_sale": "forSale", "recently_sold": "recentlySold"}
 
 
-class Zillow56Client:
+class Zillow56Client(RapidApiClient):
+    """zillow56 on RapidAPI (the fallback)."""
+
     api = names.ZILLOW56
+    key_env = "ZILLOW56_API_KEY or RAPIDAPI_KEY"
 
     def __init__(self, settings: ProviderSettings, session: requests.Session | None = None) -> None:
-        self.settings = settings
-        self.http = HttpClient(self.api, session or make_session(), settings.timeout(self.api), settings.secrets())
-        self.base = settings.zillow56_base_url
-        self.host = settings.zillow56_host
-        self.key = settings.zillow56_key
-
-    def _get(self, gate: Gate, path: str, params: dict[str, str]) -> Any:
-        if not self.key:
-            raise PermanentError(self.api, "no API key configured (set ZILLOW56_API_KEY or RAPIDAPI_KEY)", outage=True)
-        gate.acquire(self.api)
-        response = self.http.get(
-            f"{self.base}{path}", params=params, headers={"X-RapidAPI-Key": self.key, "X-RapidAPI-Host": self.host}
-        )
-        self.http.check(response, gate, retry_after=rapidapi_retry_after(self.settings, self.api),
-                        outage=is_outage, quota=is_quota)
-        return self.http.json(response)
+        super().__init__(settings, session, base=settings.zillow56_base_url, host=settings.zillow56_host,
+                         key=settings.zillow56_key)
 
     def property_by_address(self, gate: Gate, address: str) -> dict[str, Any]:
         body = self._get(gate, "/search_address", {"address": address})
