@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -30,7 +30,7 @@ from stages.clients.zillow import ZillowClient
 from stages.clients.zillow56 import Zillow56Client
 from stages.errors import PermanentError
 from stages.settings import ProviderSettings
-from workflow.states import PIPELINE, Stage, Status, expected_position, next_stage
+from workflow.states import PIPELINE, Stage, Status, expected_position, task_type_for
 from workflow.store import CampaignStore, Expect, Outcome, Snapshot, upsert_stage_result
 
 log = logging.getLogger("stages")
@@ -113,8 +113,22 @@ def earlier(deps: Deps, snap: Snapshot, stage: Stage) -> dict[str, Any] | None:
     return deps.store.stage_result(snap.id, snap.run_id, stage.value)
 
 
-def complete(task: Task, ctx: Any, deps: Deps, snap: Snapshot, stage: Stage, data: dict[str, Any]) -> Outcome:
-    """Store the result and advance in one transaction; then enqueue the next stage."""
+def complete(
+    task: Task,
+    ctx: Any,
+    deps: Deps,
+    snap: Snapshot,
+    stage: Stage,
+    data: dict[str, Any],
+    *,
+    then: Sequence[tuple[str, str]] = (),
+) -> Outcome:
+    """Store the result and advance (plus any ``then`` triggers) in one transaction; then enqueue what is next.
+
+    What is next is read off the final position (``task_type_for``), so an
+    auto-approved draft queues its send and a draft left for review queues
+    nothing.
+    """
     cid, run = snap.id, snap.run_id
 
     def store_result(conn: Any, before: Snapshot, after: Snapshot) -> None:
@@ -128,13 +142,14 @@ def complete(task: Task, ctx: Any, deps: Deps, snap: Snapshot, stage: Stage, dat
         worker_id=getattr(ctx, "worker_id", None),
         detail=f"{stage.value} done",
         within=store_result,
+        then=then,
     )
-    if not outcome.applied:
+    if not outcome.applied or outcome.after is None:
         log.info("%s for campaign %s not recorded: %s", stage.value, cid, outcome.message)
         return outcome
-    nxt = next_stage(stage)
+    nxt = task_type_for(outcome.after.campaign_status, outcome.after.processing_stage)
     if nxt is not None:
-        ctx.enqueue(nxt.value, cid)
+        ctx.enqueue(nxt, cid)
     return outcome
 
 

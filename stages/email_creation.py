@@ -4,12 +4,12 @@ An address that is invalid, unknown or disposable ends the run: PermanentError
 with the verdict, so the campaign goes to ERROR with the reason and nothing is
 ever sent to it. A passing verdict is kept (upserted under this stage) before
 Bedrock is called, so a Bedrock retry does not spend a second verification
-credit. With AUTO_APPROVE the draft is approved at once and the send queued.
+credit. With AUTO_APPROVE the draft is approved in the same transaction that
+stores it (no crash can strand it in READY_FOR_REVIEW) and the send queued.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from engine.task import Task
@@ -17,11 +17,10 @@ from stages import prompts
 from stages.clients.email_verification import Verdict
 from stages.common import Deps, begin, complete, earlier
 from stages.errors import PermanentError
-from workflow.states import EMAIL_SENDING, Stage, Status
-from workflow.store import Expect, upsert_stage_result
+from workflow.states import Stage
+from workflow.store import upsert_stage_result
 
 STAGE = Stage.EMAIL_CREATION
-log = logging.getLogger("stages.email_creation")
 
 
 def _verdict(task: Task, ctx: Any, deps: Deps, snap: Any) -> dict[str, Any]:
@@ -49,21 +48,11 @@ def handle(task: Task, ctx: Any, deps: Deps) -> None:
         prompt=prompts.email_prompt(owner_name=snap.owner_name, address=snap.address, analysis=analysis),
     )
     subject, body = prompts.parse_email(completion.text, fallback_subject=f"Your home at {snap.street}: market update")
-    outcome = complete(task, ctx, deps, snap, STAGE, {
+    complete(task, ctx, deps, snap, STAGE, {
         "subject": subject,
         "body": body,
         "to": snap.email,
         "verdict": verdict,
         "prompt_version": prompts.PROMPT_VERSION,
         "model_id": deps.settings.bedrock_model_id,
-    })
-    if outcome.applied and deps.settings.auto_approve and outcome.after is not None:
-        approved = deps.store.apply(
-            snap.id, "approve",
-            expect=Expect(status=Status.READY_FOR_REVIEW, version=outcome.after.version, run_id=snap.run_id),
-            task_id=task.task_id, worker_id=getattr(ctx, "worker_id", None), detail="AUTO_APPROVE",
-        )
-        if approved.applied:
-            ctx.enqueue(EMAIL_SENDING, snap.id)
-        else:
-            log.info("auto-approve of campaign %s skipped: %s", snap.id, approved.message)
+    }, then=[("approve", "AUTO_APPROVE")] if deps.settings.auto_approve else ())

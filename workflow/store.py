@@ -234,8 +234,17 @@ class CampaignStore:
         detail: str | None = None,
         error: str | None = None,
         within: Within | None = None,
+        then: Sequence[tuple[str, str]] = (),
     ) -> Outcome:
-        """Fire ``trigger`` on one campaign as a compare-and-set, with its history row."""
+        """Fire ``trigger`` on one campaign as a compare-and-set, with its history row.
+
+        ``then`` lists follow-up ``(trigger, detail)`` pairs fired in the SAME
+        transaction, each with its own history row (auto-approve is
+        ``advance`` then ``approve``): a crash can never leave the campaign
+        between them. A follow-up that is not an edge from where the first
+        trigger left the campaign is a caller bug: it raises and nothing is
+        written. The returned ``after`` is the position after the last one.
+        """
         with self.engine.begin() as conn:
             before = self.get(campaign_id, conn)
             if before is None:
@@ -246,50 +255,75 @@ class CampaignStore:
                 status, stage = machine.fire(before.campaign_status, before.processing_stage, trigger)
             except machine.IllegalTransition as exc:
                 return Outcome(Result.ILLEGAL, f"campaign {campaign_id}: {exc}", before)
-            now = utcnow()
-            values: dict[str, Any] = {
-                "campaign_status": status.value,
-                "processing_stage": stage.value,
-                "version": before.version + 1,
-                "updated_at": now,
-                **legacy_columns(status, stage),
-            }
-            if trigger == "start":
-                values["run_id"] = before.run_id + 1
-                values["last_error"] = None
-            elif trigger == "fail":
-                values["last_error"] = (error or detail or "failed")[:4000]
-            elif trigger == "retry":
-                values["last_error"] = None
-            elif trigger in ("mark_sent", "resolve_sent"):
-                values["next_run_at"] = now + self.cycle
-            changed = conn.execute(
-                update(campaigns)
-                .where(
-                    campaigns.c.id == campaign_id,
-                    campaigns.c.version == before.version,
-                    campaigns.c.campaign_status == before.campaign_status.value,
-                    campaigns.c.processing_stage == before.processing_stage.value,
-                )
-                .values(**values)
-            ).rowcount
-            if changed != 1:
+            after = self._write(conn, before, trigger, status, stage, task_id, worker_id, detail, error)
+            if after is None:
                 conn.rollback()
                 return Outcome(Result.CONFLICT, f"campaign {campaign_id} changed under us; nothing changed", before)
-            after = attrs.evolve(
-                before,
-                campaign_status=status,
-                processing_stage=stage,
-                version=before.version + 1,
-                run_id=values.get("run_id", before.run_id),
-                last_error=values.get("last_error", before.last_error),
-                next_run_at=values.get("next_run_at", before.next_run_at),
-                updated_at=now,
-            )
-            conn.execute(insert(events).values(**_event_row(before, after, trigger, task_id, worker_id, detail or error, now)))
             if within is not None:
                 within(conn, before, after)
-        return Outcome(Result.APPLIED, f"campaign {campaign_id}: {before.state_name} -> {after.state_name}", before, after)
+            last = after
+            for follow, follow_detail in then:
+                status, stage = machine.fire(last.campaign_status, last.processing_stage, follow)
+                nxt = self._write(conn, last, follow, status, stage, task_id, worker_id, follow_detail, None)
+                if nxt is None:  # cannot happen: the row is ours since the first UPDATE in this transaction
+                    raise RuntimeError(f"campaign {campaign_id} changed inside its own transaction")
+                last = nxt
+        return Outcome(Result.APPLIED, f"campaign {campaign_id}: {before.state_name} -> {last.state_name}", before, last)
+
+    def _write(
+        self,
+        conn: Connection,
+        before: Snapshot,
+        trigger: str,
+        status: Status,
+        stage: Stage,
+        task_id: str | None,
+        worker_id: str | None,
+        detail: str | None,
+        error: str | None,
+    ) -> Snapshot | None:
+        """The compare-and-set UPDATE and its history row; None when the row moved meanwhile."""
+        now = utcnow()
+        values: dict[str, Any] = {
+            "campaign_status": status.value,
+            "processing_stage": stage.value,
+            "version": before.version + 1,
+            "updated_at": now,
+            **legacy_columns(status, stage),
+        }
+        if trigger == "start":
+            values["run_id"] = before.run_id + 1
+            values["last_error"] = None
+        elif trigger == "fail":
+            values["last_error"] = (error or detail or "failed")[:4000]
+        elif trigger == "retry":
+            values["last_error"] = None
+        elif trigger in ("mark_sent", "resolve_sent"):
+            values["next_run_at"] = now + self.cycle
+        changed = conn.execute(
+            update(campaigns)
+            .where(
+                campaigns.c.id == before.id,
+                campaigns.c.version == before.version,
+                campaigns.c.campaign_status == before.campaign_status.value,
+                campaigns.c.processing_stage == before.processing_stage.value,
+            )
+            .values(**values)
+        ).rowcount
+        if changed != 1:
+            return None
+        after = attrs.evolve(
+            before,
+            campaign_status=status,
+            processing_stage=stage,
+            version=before.version + 1,
+            run_id=values.get("run_id", before.run_id),
+            last_error=values.get("last_error", before.last_error),
+            next_run_at=values.get("next_run_at", before.next_run_at),
+            updated_at=now,
+        )
+        conn.execute(insert(events).values(**_event_row(before, after, trigger, task_id, worker_id, detail or error, now)))
+        return after
 
     def start_due(self, *, limit: int, worker_id: str | None = None, now: dt.datetime | None = None) -> list[Snapshot]:
         """Move up to ``limit`` due campaigns to PROCESSING in one transaction.

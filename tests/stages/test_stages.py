@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import attrs
 import pytest
 import redis
 from sqlalchemy import func, select
@@ -160,6 +161,18 @@ def test_invalid_email_fails_with_the_verdict(harness: Harness, fast_sandbox: Sa
         harness.run("email_creation", cid)
     assert "invalid" in str(info.value) and "invalid-email@example.com" in str(info.value)
     assert fast_sandbox.stats()["calls"].get("bedrock", 0) == 1  # the analysis only; no email written
+
+
+def test_auto_approve_commits_with_the_draft_and_queues_the_send(harness: Harness) -> None:
+    store = harness.store
+    harness.deps.settings = attrs.evolve(harness.deps.settings, auto_approve=True)
+    cid = seed(store)
+    run_pipeline(harness, cid)
+    snap = store.get(cid)
+    assert snap.campaign_status is Status.READY_TO_SEND
+    last = store.history(cid)[-2:]
+    assert [e["trigger"] for e in last] == ["advance", "approve"]
+    assert ready(harness, EMAIL_SENDING) == 1
 
 
 def _to_ready_to_send(harness: Harness, cid: int) -> None:

@@ -8,6 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.workflow.helpers import TO_REVIEW, drive, new_campaigns
+from workflow import machine
 from workflow.legacy import LEGACY_COLUMNS, legacy_columns
 from workflow.models import Campaign, EmailSend, utcnow
 from workflow.states import Stage, Status
@@ -117,6 +118,29 @@ def test_within_runs_in_the_same_transaction(store: CampaignStore) -> None:
     store.apply(cid, "advance", within=lambda conn, b, a: upsert_stage_result(conn, cid, a.run_id, "property_data",
                                                                              {"beds": 3}))
     assert store.stage_result(cid, 1, "property_data") == {"beds": 3}
+
+
+def test_follow_up_triggers_commit_together_with_their_own_history_rows(store: CampaignStore) -> None:
+    [cid] = new_campaigns(store.engine)
+    drive(store, cid, ["start"] + ["advance"] * 5)
+    assert store.get(cid).state_name == "PROCESSING:email_creation"
+    version = store.get(cid).version
+
+    # A follow-up that is not an edge from where the first trigger lands is a bug: nothing is written.
+    with pytest.raises(machine.IllegalTransition):
+        store.apply(cid, "advance", then=[("mark_sent", "x")])
+    assert store.get(cid).version == version and len(store.history(cid)) == version
+
+    out = store.apply(cid, "advance", then=[("approve", "AUTO_APPROVE")])
+    assert out.applied and out.after is not None and out.after.state_name == "READY_TO_SEND"
+    assert store.get(cid).version == version + 2
+    tail = store.history(cid)[-2:]
+    assert [(e["trigger"], e["version"], e["to_status"]) for e in tail] == [
+        ("advance", version + 1, "READY_FOR_REVIEW"), ("approve", version + 2, "READY_TO_SEND")]
+    assert tail[1]["detail"] == "AUTO_APPROVE"
+    pairs = [(machine.state_name(Status(e["from_status"]), Stage(e["from_stage"])),
+              machine.state_name(Status(e["to_status"]), Stage(e["to_stage"]))) for e in store.history(cid)]
+    assert machine.check_history(pairs) == []
 
 
 def test_stage_results_upsert_never_adds_a_row(store: CampaignStore) -> None:
