@@ -12,22 +12,9 @@ ARGV[3] task_type
 ARGV[4] the dead-letter entry (JSON)
 returns 1 dead-lettered, 0 the lease was lost
 ]]
-local held = redis.call('GET', KEYS[1]) or ''
-local member = ARGV[3] .. ':' .. ARGV[2]
-if held ~= ARGV[1] then
+--- @include "take_leased"
+if not take_leased(KEYS[1], KEYS[2], KEYS[3], KEYS[6], ARGV[1], ARGV[2], ARGV[3]) then
   return 0
-end
-if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 0 then
-  if held == '' then
-    redis.call('ZREM', KEYS[3], member)  -- a stale lease entry of a task no longer in flight
-  end
-  return 0
-end
-redis.call('HDEL', KEYS[2], ARGV[2])
-redis.call('DEL', KEYS[1])
-redis.call('ZREM', KEYS[3], member)
-if KEYS[6] then
-  redis.call('SREM', KEYS[6], member)
 end
 if redis.call('GET', KEYS[5]) == ARGV[2] then
   redis.call('DEL', KEYS[5])
