@@ -120,13 +120,6 @@ def plan_rates(env: Mapping[str, str]) -> dict[str, float]:
     return {plan.name: limits[plan.name].rate if plan.name in limits else plan.rate for plan in PROVIDER_PLANS}
 
 
-def parse_rate(text: str) -> float:
-    """'10/min' -> 0.1667, '1/s' -> 1.0, '5' -> 5.0 (per second)."""
-    from campaignctl.limits import parse_rate as parse
-
-    return parse(text)
-
-
 def bottleneck(rates: Mapping[str, float], time_scale: float) -> tuple[str, float]:
     """The slowest provider and the campaigns/s it allows: scaled rate ÷ its calls per campaign."""
     best: tuple[str, float] | None = None

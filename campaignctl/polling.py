@@ -40,6 +40,7 @@ from typing import Any
 import attrs
 from sqlalchemy import Connection, Engine, func, select, text
 
+from engine.env import env_float, env_int
 from engine.errors import Discard, Permanent, RateLimited, Transient
 from engine.identity import new_worker_id
 from engine.registry import Registry
@@ -340,19 +341,6 @@ def restrict(task_types: Collection[str] | None) -> tuple[str, ...]:
     return tuple(task_types)
 
 
-def _env_number(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from None
-    if value <= 0:
-        raise ValueError(f"{name} must be above 0, got {raw!r}")
-    return value
-
-
 def run_polling_worker(
     *,
     store: CampaignStore,
@@ -372,8 +360,8 @@ def run_polling_worker(
         worker_id=new_worker_id(),
         task_types=restrict(task_types),
         max_token_sleep=max_token_sleep,
-        poll_interval=_env_number(env, "POLL_INTERVAL", DEFAULT_POLL_INTERVAL),
-        batch=int(_env_number(env, "POLL_BATCH", DEFAULT_POLL_BATCH)),
+        poll_interval=env_float(env, "POLL_INTERVAL", DEFAULT_POLL_INTERVAL, positive=True),
+        batch=env_int(env, "POLL_BATCH", DEFAULT_POLL_BATCH, positive=True),
     )
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):

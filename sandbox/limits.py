@@ -11,11 +11,12 @@ and a client that bursts sees one on its third call.
 from __future__ import annotations
 
 import math
-import re
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+from engine.env import env_rate, parse_rate
 
 #: Plan rate per provider (bucket names shared with the engine's limiter and the stats).
 PLAN_RATES: dict[str, str] = {
@@ -31,25 +32,10 @@ PROVIDERS: tuple[str, ...] = tuple(PLAN_RATES)
 #: Tokens a fresh bucket holds and the most it can hold, in calls.
 CAPACITY = 2.0
 
-_UNITS = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0, "h": 3600.0, "hour": 3600.0}
-_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*([a-z]+))?\s*$")
-
-
-def parse_rate(text: str) -> float:
-    """``"10/min"`` -> 0.1667 calls/s; the same syntax as the engine's RATE_<API> settings."""
-    match = _RATE.match(text.lower())
-    if not match or (match.group(2) and match.group(2) not in _UNITS):
-        raise ValueError(f"a rate looks like '10/min', '1/s' or '5' (per second), got {text!r}")
-    value = float(match.group(1)) / _UNITS[match.group(2) or "s"]
-    if value <= 0:
-        raise ValueError(f"a rate must be above 0, got {text!r}")
-    return value
-
-
 def plan_rates(env: Mapping[str, str] | None = None) -> dict[str, float]:
-    """Calls per second per provider before scaling; RATE_<PROVIDER> in ``env`` overrides, as for the engine."""
+    """Calls per second per provider before scaling; RATE_<PROVIDER> in ``env`` overrides, parsed as for the engine."""
     env = env or {}
-    return {p: parse_rate(env.get(f"RATE_{p.upper()}") or default) for p, default in PLAN_RATES.items()}
+    return {p: env_rate(env, f"RATE_{p.upper()}", parse_rate(default)) for p, default in PLAN_RATES.items()}
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,8 @@ from typing import Any
 
 import attrs
 
+from engine.env import env_bool, env_float, env_int, env_rate
+
 #: Bucket names shared with the engine's limiter and the sandbox's stats.
 ZILLOW = "zillow"
 ZILLOW56 = "zillow56"
@@ -66,38 +68,6 @@ DEFAULT_BEDROCK_MAX_TOKENS = 800
 SANDBOX_KEY = "sandbox-key"
 #: Sender used against the sandbox when SES_FROM_ADDRESS is not set.
 SANDBOX_FROM = "campaigns@example.com"
-
-_TRUE = ("1", "true", "yes", "on")
-
-
-def parse_rate(text: str) -> float:
-    """'10/min' -> 0.1667, '1/s' -> 1.0, '5' -> 5.0 calls per second."""
-    units = {"s": 1, "sec": 1, "second": 1, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
-    count, _, unit = text.strip().partition("/")
-    seconds = units.get(unit.strip().lower() or "s")
-    if seconds is None:
-        raise ValueError(f"unknown rate unit in {text!r} (use /s, /min or /h)")
-    try:
-        value = float(count) / seconds
-    except ValueError:
-        raise ValueError(f"a rate is '<number>/<unit>', got {text!r}") from None
-    if value <= 0:
-        raise ValueError(f"a rate must be positive, got {text!r}")
-    return value
-
-
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from None
-    if value <= 0:
-        raise ValueError(f"{name} must be positive, got {raw!r}")
-    return value
-
 
 def _key(env: Mapping[str, str], *names: str, sandbox: bool) -> str:
     for name in names:
@@ -150,10 +120,9 @@ class ProviderSettings:
         rates = {}
         bursts = {}
         for api in APIS:
-            raw = env.get(f"RATE_{api.upper()}")
-            rates[api] = parse_rate(raw) if raw else DEFAULT_RATES[api]
-            bursts[api] = int(_float(env, f"BURST_{api.upper()}", DEFAULT_BURST))
-        timeouts = {api: _float(env, f"{api.upper()}_TIMEOUT", DEFAULT_TIMEOUTS[api]) for api in APIS}
+            rates[api] = env_rate(env, f"RATE_{api.upper()}", DEFAULT_RATES[api])
+            bursts[api] = env_int(env, f"BURST_{api.upper()}", DEFAULT_BURST, positive=True)
+        timeouts = {api: env_float(env, f"{api.upper()}_TIMEOUT", DEFAULT_TIMEOUTS[api], positive=True) for api in APIS}
         creds: tuple[str, str, str | None] | None = None
         if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
             creds = (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"], env.get("AWS_SESSION_TOKEN") or None)
@@ -171,21 +140,21 @@ class ProviderSettings:
             zillow56_base_url=sandbox or (env.get("ZILLOW56_BASE_URL") or f"https://{zillow56_host}").rstrip("/"),
             rentcast_base_url=f"{sandbox}/v1" if sandbox else (env.get("RENTCAST_BASE_URL") or DEFAULT_RENTCAST_URL).rstrip("/"),
             qev_base_url=f"{sandbox}/v1" if sandbox else (env.get("QEV_BASE_URL") or DEFAULT_QEV_URL).rstrip("/"),
-            qev_sandbox_mode=env.get("QEV_SANDBOX_MODE", "").lower() in _TRUE,
+            qev_sandbox_mode=env_bool(env, "QEV_SANDBOX_MODE"),
             aws_region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or DEFAULT_AWS_REGION,
             aws_endpoint_url=sandbox,
             aws_credentials=creds,
             bedrock_model_id=env.get("BEDROCK_MODEL_ID") or DEFAULT_BEDROCK_MODEL_ID,
-            bedrock_max_tokens=int(_float(env, "BEDROCK_MAX_TOKENS", DEFAULT_BEDROCK_MAX_TOKENS)),
+            bedrock_max_tokens=env_int(env, "BEDROCK_MAX_TOKENS", DEFAULT_BEDROCK_MAX_TOKENS, positive=True),
             ses_from_address=env.get("SES_FROM_ADDRESS") or (SANDBOX_FROM if sandbox else ""),
             ses_configuration_set=env.get("SES_CONFIGURATION_SET") or None,
-            connect_timeout=_float(env, "PROVIDER_CONNECT_TIMEOUT", DEFAULT_CONNECT_TIMEOUT),
+            connect_timeout=env_float(env, "PROVIDER_CONNECT_TIMEOUT", DEFAULT_CONNECT_TIMEOUT, positive=True),
             timeouts=timeouts,
             rates=rates,
             bursts=bursts,
-            rate_scale=_float(env, "RATE_SCALE", 1.0),
-            ses_quota_wait=_float(env, "SES_QUOTA_WAIT", DEFAULT_SES_QUOTA_WAIT),
-            auto_approve=env.get("AUTO_APPROVE", "").lower() in _TRUE,
+            rate_scale=env_float(env, "RATE_SCALE", 1.0, positive=True),
+            ses_quota_wait=env_float(env, "SES_QUOTA_WAIT", DEFAULT_SES_QUOTA_WAIT, positive=True),
+            auto_approve=env_bool(env, "AUTO_APPROVE"),
         )
 
     def secrets(self) -> list[str]:

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from campaignctl.demo import bottleneck, default_time_scale, parse_rate, plan_rates
+from campaignctl.demo import bottleneck, default_time_scale, plan_rates
 from campaignctl.embedded_redis import EmbeddedRedis, EmbeddedRedisError
+from engine.env import parse_rate
 from workflow.states import RESTING, Status
 
 BIN = Path(sys.executable).parent

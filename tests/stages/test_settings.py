@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from engine.env import parse_rate
 from stages.errors import PermanentError, RateLimited, TransientError, redact
-from stages.settings import ProviderSettings, parse_rate, rate_limits
+from stages.settings import ProviderSettings, rate_limits
 
 KEYS = {"ZILLOW_API_KEY": "zk-123456", "RENTCAST_API_KEY": "rc-654321", "QEV_API_KEY": "qev-999",
         "AWS_ACCESS_KEY_ID": "AKIA1", "AWS_SECRET_ACCESS_KEY": "aws-secret-777"}
@@ -41,6 +42,8 @@ def test_rates_and_limits() -> None:
     assert parse_rate("1/s") == 1.0 and parse_rate("5") == 5.0
     with pytest.raises(ValueError):
         parse_rate("10/fortnight")
+    with pytest.raises(ValueError, match="RATE_ZILLOW"):
+        ProviderSettings.from_env({"RATE_ZILLOW": "10/fortnight"})
     limits = rate_limits({"RATE_BEDROCK": "16/min", "BURST_SES": "10"})
     assert limits["bedrock"].rate == pytest.approx(16 / 60) and limits["ses"].burst == 10
     assert set(limits) == {"zillow", "zillow56", "rentcast", "bedrock", "email_verification", "ses"}
