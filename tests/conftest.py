@@ -14,7 +14,7 @@ import pytest
 import redis
 from sqlalchemy import Engine
 
-from tests.servers import PostgresServer, RedisServer, ServerUnavailable
+from tests.servers import PostgresServer, RedisServer, serve_or_fail
 from workflow.db import make_engine
 from workflow.models import Base
 from workflow.store import CampaignStore
@@ -22,12 +22,7 @@ from workflow.store import CampaignStore
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
-    try:
-        server = RedisServer().start()
-    except ServerUnavailable as exc:
-        pytest.fail(str(exc), pytrace=False)
-    yield server
-    server.cleanup()
+    yield from serve_or_fail(RedisServer)
 
 
 @pytest.fixture(scope="session")
@@ -50,12 +45,7 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PostgresServer]:
-    try:
-        server = PostgresServer().start()
-    except ServerUnavailable as exc:
-        pytest.fail(str(exc), pytrace=False)
-    yield server
-    server.cleanup()
+    yield from serve_or_fail(PostgresServer)
 
 
 @pytest.fixture

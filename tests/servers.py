@@ -14,8 +14,12 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Protocol, TypeVar
 
+#: Seconds a stopped server or child process gets to exit on SIGTERM before SIGKILL.
+STOP_GRACE = 10.0
 #: Where Debian's PostgreSQL 15 server binaries live.
 PG_BIN_DIRS = ("/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/17/bin")
 
@@ -39,6 +43,69 @@ def _wait_port(port: int, timeout: float) -> None:
         except OSError:
             time.sleep(0.05)
     raise ServerUnavailable(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+def stop_process(proc: subprocess.Popen[bytes], grace: float = STOP_GRACE) -> None:
+    """SIGTERM ``proc``, and SIGKILL it if it is still there after ``grace`` s; returns once it is reaped."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def stop_groups(procs: Iterable[subprocess.Popen[bytes]], grace: float) -> None:
+    """Stop children started with ``start_new_session=True``, each with its whole process group.
+
+    SIGTERM to every group first, so they shut down side by side within one
+    shared ``grace`` (not one grace each), then SIGKILL to each group, so a
+    grandchild that outlived its parent does not leak past the test.
+    """
+    procs = list(procs)
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=5)
+
+
+class Server(Protocol):
+    def start(self) -> Server: ...
+
+    def cleanup(self) -> None: ...
+
+
+S = TypeVar("S", bound=Server)
+
+
+def serve_or_fail(make: Callable[[], S]) -> Iterator[S]:
+    """For a session fixture (``yield from``): the started server, cleaned up after the session.
+
+    A missing binary or a server that does not come up fails the test that
+    needed it - never a skip, so CI cannot go green by not running.
+    """
+    import pytest
+
+    try:
+        server = make()
+        server.start()
+    except ServerUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield server
+    finally:
+        server.cleanup()
 
 
 class RedisServer:
@@ -77,13 +144,8 @@ class RedisServer:
         return self
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc:
+            stop_process(self.proc)
         self.proc = None
 
     def kill(self) -> None:

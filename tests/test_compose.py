@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.servers import free_port
+from tests.servers import free_port, stop_groups
 from workflow.db import make_engine
 from workflow.store import CampaignStore
 
@@ -215,20 +215,7 @@ def test_interpolation_reader_follows_compose_rules() -> None:
 def compose_processes(tmp_path: Path) -> Iterator[list[tuple[str, subprocess.Popen[bytes], Path]]]:
     procs: list[tuple[str, subprocess.Popen[bytes], Path]] = []
     yield procs
-    for _, proc, _ in procs:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE
-    for _, proc, _ in procs:
-        try:
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=5)
+    stop_groups((proc for _, proc, _ in procs), STOP_GRACE)
 
 
 def _spawn(name: str, service: Mapping[str, Any], log_dir: Path) -> tuple[str, subprocess.Popen[bytes], Path]:

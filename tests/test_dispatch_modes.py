@@ -12,7 +12,6 @@ must be just as correct.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -28,7 +27,7 @@ from sqlalchemy import select
 from campaignctl.polling import PollingDispatcher, parse_dispatch_mode
 from engine.registry import Registry
 from engine.retry import RetryPolicy
-from tests.servers import free_port
+from tests.servers import free_port, stop_groups
 from workflow import machine
 from workflow.db import make_engine
 from workflow.legacy import LEGACY_COLUMNS, legacy_columns
@@ -43,6 +42,8 @@ CAMPAIGNS = 3
 SCALE = 60
 #: Give up on the campaigns reaching SENT after this long, in s.
 RUN_TIMEOUT = 90.0
+#: Seconds the services get to stop on SIGTERM before their groups are killed.
+STOP_GRACE = 15.0
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -77,20 +78,7 @@ class Services:
         assert not dead, f"exited: {dead}\n{self.logs()}"
 
     def stop(self) -> None:
-        for _, proc, _ in self.procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for _, proc, _ in self.procs:
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait(timeout=5)
+        stop_groups((proc for _, proc, _ in self.procs), STOP_GRACE)
 
 
 @pytest.fixture

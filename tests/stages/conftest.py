@@ -9,7 +9,6 @@ control endpoints /_sandbox/stats, /_sandbox/calls, /_sandbox/reset,
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -29,17 +28,12 @@ from engine.settings import EngineSettings
 from engine.task import Task
 from stages.common import Deps, Providers
 from stages.settings import ProviderSettings
+from tests.servers import free_port, stop_process
 from workflow.states import TASK_TYPES
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Seconds to wait for a child server to answer.
 START_TIMEOUT = 20.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Sandbox:
@@ -80,15 +74,24 @@ class Sandbox:
     def faults(self, spec: str) -> None:
         requests.post(f"{self.url}/_sandbox/faults", json={"faults": spec}, timeout=10).raise_for_status()
 
+    def fresh(self) -> Sandbox:
+        """No faults, no counts, full buckets: what each test starts from on a shared session sandbox."""
+        self.faults("")
+        self.reset()
+        return self
+
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.log.close()
+
+
+def serve(time_scale: float) -> Iterator[Sandbox]:
+    """For a fixture (``yield from``): a sandbox child at ``time_scale``, stopped afterwards."""
+    server = Sandbox(time_scale=time_scale)
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 #: Time scale of the sandbox the stage tests use (the engine's RATE_SCALE matches it).
@@ -98,31 +101,23 @@ FAST_SCALE = 100.0
 @pytest.fixture(scope="session")
 def sandbox_server() -> Iterator[Sandbox]:
     """A sandbox at time scale 1 for the client tests (429s are easy to provoke); reset by ``sandbox``."""
-    server = Sandbox(time_scale=1.0)
-    yield server
-    server.stop()
+    yield from serve(1.0)
 
 
 @pytest.fixture
 def sandbox(sandbox_server: Sandbox) -> Sandbox:
-    sandbox_server.faults("")
-    sandbox_server.reset()
-    return sandbox_server
+    return sandbox_server.fresh()
 
 
 @pytest.fixture(scope="session")
 def fast_sandbox_server() -> Iterator[Sandbox]:
     """A sandbox at FAST_SCALE for the stage tests, which run whole pipelines."""
-    server = Sandbox(time_scale=FAST_SCALE)
-    yield server
-    server.stop()
+    yield from serve(FAST_SCALE)
 
 
 @pytest.fixture
 def fast_sandbox(fast_sandbox_server: Sandbox) -> Sandbox:
-    fast_sandbox_server.faults("")
-    fast_sandbox_server.reset()
-    return fast_sandbox_server
+    return fast_sandbox_server.fresh()
 
 
 class NoGate:

@@ -13,11 +13,12 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.stages.conftest import ROOT, Sandbox
+from tests.stages.conftest import ROOT, Sandbox, serve
 from workflow.db import make_engine
 from workflow.store import CampaignStore
 
@@ -37,10 +38,8 @@ CAMPAIGNS = 20
 
 
 @pytest.fixture
-def e2e_sandbox():  # type: ignore[no-untyped-def]
-    server = Sandbox(time_scale=SCALE)
-    yield server
-    server.stop()
+def e2e_sandbox() -> Iterator[Sandbox]:
+    yield from serve(SCALE)
 
 
 def app_env(pg_url: str, redis_url: str, key_prefix: str, sandbox: Sandbox, **extra: str) -> dict[str, str]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-
 import boto3
 import pytest
 import requests
@@ -12,19 +10,14 @@ from moto.server import ThreadedMotoServer
 from stages.clients.ses import SesClient
 from stages.errors import PermanentError
 from stages.settings import ProviderSettings
+from tests.servers import free_port
 
 SENDER = "agent@example.com"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def moto_url():  # type: ignore[no-untyped-def]
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     yield f"http://127.0.0.1:{port}"
