@@ -432,7 +432,11 @@ class Cluster:
         elif k == "kill_recovery":
             self.kill("recovery")
         elif k == "stop_worker":
-            self.stop_worker(f"worker{fault.target % max(1, self.schedule.workers)}", fault.duration)
+            self.stop_process(f"worker{fault.target % max(1, self.schedule.workers)}", fault.duration)
+        elif k == "stop_producer":
+            self.stop_process("producer", fault.duration)
+        elif k == "stop_recovery":
+            self.stop_process("recovery", fault.duration)
         elif k == "unsubscribe":
             cid = self.campaign_ids[fault.target % len(self.campaign_ids)]
             t = threading.Thread(target=self.unsubscribe, args=(cid,), daemon=True)
@@ -491,7 +495,8 @@ class Cluster:
             proc.signal(signal.SIGKILL)
         self.note(f"SIGKILL {name} (pid {pid})")
 
-    def stop_worker(self, name: str, duration: float) -> None:
+    def stop_process(self, name: str, duration: float) -> None:
+        """SIGSTOP ``name`` for ``duration`` s, then SIGCONT: past LIVENESS_TTL a worker becomes a zombie."""
         with self._lock:
             proc = self.procs[name]
             popen, pid = proc.popen, proc.pid
@@ -591,7 +596,11 @@ class Cluster:
                 time.sleep(REST_POLL_S)
                 continue
             q = state["queues"]
-            quiet = state["moving"] == 0 and not any(q.values())
+            # Rest = no campaign moving and no task anywhere a worker could pick it up or is running it.
+            # Lease bookkeeping (leases, locks, workers' held sets) is NOT waited for: it must be gone by
+            # now, and invariant 5 checks that. Waiting for it would let a stray lease entry (a zombie's
+            # unfenced renewal) lapse after the visibility timeout and hide the bug.
+            quiet = state["moving"] == 0 and not any(q[k] for k in WORK_COUNTS)
             if quiet:
                 quiet_since = quiet_since or time.monotonic()
                 if time.monotonic() - quiet_since >= REST_STABLE_S:
@@ -626,6 +635,9 @@ class Cluster:
             dead_letters=_json_or_error(dlq_cli),
             redis_counts=redis_queue_counts(r),
             lock_keys=sorted(r.scan_iter(match=f"*{KEY_PREFIX}*task_lock*", count=1000)),
+            lease_entries=r.zrange(f"{{{KEY_PREFIX}}}:leases", 0, -1),
+            held_entries={k.rsplit(":wtasks:", 1)[-1]: sorted(r.smembers(k))
+                          for k in r.scan_iter(match=f"{{{KEY_PREFIX}}}:wtasks:*", count=1000) if r.scard(k)},
             killed_pids=set(self.killed_pids),
             stopped_pids=set(self.stopped_pids),
             crash_hook_pids={rec.pid for rec in self.records if rec.name == "sescrash"},
@@ -638,9 +650,15 @@ class Cluster:
         )
 
     def plan_rates(self) -> dict[str, float]:
-        from campaignctl.limits import rate_limits
+        """The providers' own limits (calls/s before the time scale), as the sandbox enforces them.
 
-        return {api: limit.rate for api, limit in rate_limits(self.base_env()).items()}
+        Not the engine's table: the engine grants RATE_HEADROOM (0.9) of these
+        on purpose, and invariant 4 and the load test's bound are about what the
+        provider allows.
+        """
+        from sandbox.limits import plan_rates
+
+        return plan_rates(self.base_env())
 
     def describe_run(self) -> str:
         lines = [f"  {t:6.1f}s  {what}" for t, what in self.timeline]
@@ -688,6 +706,10 @@ class Evidence:
     #: Plan rates in calls/s before the time scale, as the processes read them (RATE_<API>).
     rates: dict[str, float]
     exits: list[dict[str, Any]]
+    #: Members of the lease set (``<type>:<task_id>``) at rest.
+    lease_entries: list[str] = attrs.Factory(list)
+    #: Worker id -> tasks its held set (``wtasks``) still names at rest.
+    held_entries: dict[str, list[str]] = attrs.Factory(dict)
 
 
 def _json_or_error(done: subprocess.CompletedProcess[str]) -> Any:
@@ -699,10 +721,19 @@ def _json_or_error(done: subprocess.CompletedProcess[str]) -> Any:
         return {"error": f"not JSON: {done.stdout[:500]!r}"}
 
 
+#: Counts of redis_queue_counts that are work (a task to run or running); the others are lease bookkeeping.
+WORK_COUNTS = ("ready", "in_flight", "delayed", "claiming")
+
+
 def redis_queue_counts(r: redis.Redis, prefix: str = KEY_PREFIX) -> dict[str, int]:
-    """Ready, in-flight, delayed and half-claimed tasks and live leases, from engine/keys.py's names."""
+    """Ready, in-flight, delayed and half-claimed tasks, lease entries, lock keys and workers' held tasks.
+
+    Key names as in engine/keys.py. The lists, hashes and the lease set are
+    read in one MULTI (one consistent snapshot: a lease entry without an
+    in-flight task is never a race of this read); the scanned keys after it.
+    """
     tag = f"{{{prefix}}}"
-    pipe = r.pipeline(transaction=False)
+    pipe = r.pipeline(transaction=True)
     for t in TASK_TYPES:
         pipe.llen(f"{tag}:queue:{t}")
         pipe.hlen(f"{tag}:inflight:{t}")
@@ -712,6 +743,7 @@ def redis_queue_counts(r: redis.Redis, prefix: str = KEY_PREFIX) -> dict[str, in
     per_type, leases = counts[:-1], counts[-1]
     locks = sum(1 for _ in r.scan_iter(match=f"{tag}:task_lock:*", count=1000))
     claiming = sum(r.llen(k) for k in r.scan_iter(match=f"{tag}:claiming:*", count=1000))
+    held = sum(r.scard(k) for k in r.scan_iter(match=f"{tag}:wtasks:*", count=1000))
     return {
         "ready": sum(per_type[0::3]),
         "in_flight": sum(per_type[1::3]),
@@ -719,6 +751,7 @@ def redis_queue_counts(r: redis.Redis, prefix: str = KEY_PREFIX) -> dict[str, in
         "claiming": claiming,
         "leases": leases,
         "locks": locks,
+        "held": held,
     }
 
 
@@ -768,6 +801,10 @@ def parse_fault_spec(spec: str) -> dict[str, dict[str, float]]:
     return out
 
 
+#: Fault settings given in seconds (sandbox/faults.py SECONDS), not as a probability.
+SECONDS_FAULTS = frozenset({"latency", "retry_after", "hang"})
+
+
 def merge_fault_specs(specs: list[str]) -> str:
     """Several active windows as one spec; where two set the same fault, the larger wins."""
     merged: dict[str, dict[str, float]] = {}
@@ -776,10 +813,12 @@ def merge_fault_specs(specs: list[str]) -> str:
             for name, value in faults.items():
                 merged.setdefault(provider, {})[name] = max(value, merged.get(provider, {}).get(name, 0.0))
     for faults in merged.values():
-        # The sandbox draws at most one fault per call, so its probabilities must add up to 1 at most.
-        total = sum(faults.values())
+        # The sandbox draws at most one fault per call, so its probabilities must add up to 1 at most
+        # (latency, retry_after and hang are seconds, not probabilities).
+        odds = [name for name in faults if name not in SECONDS_FAULTS]
+        total = sum(faults[name] for name in odds)
         if total > 1:
-            for name in faults:
+            for name in odds:
                 faults[name] = round(faults[name] / total, 3) - 0.001
     return ";".join(f"{p}:" + ",".join(f"{k}={v:g}" for k, v in sorted(f.items())) for p, f in sorted(merged.items()))
 

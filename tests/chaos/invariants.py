@@ -283,12 +283,38 @@ def worst_window(times: list[float], rate: float) -> tuple[float, int, float]:
     return best
 
 
+def throttle_context(calls: list[dict[str, Any]], provider: str, rate: float | None, time_scale: float,
+                     limit: int = 4) -> str:
+    """What led to each limit 429: the arrival times of the calls just before it, relative to it.
+
+    Tells a client that over-granted (calls evenly spaced, too close) from
+    arrival jitter (calls granted apart but arriving bunched: several within a
+    fraction of the provider's interval, after a longer gap).
+    """
+    mine = sorted((float(c["t"]), int(c.get("status", 0)), c.get("fault")) for c in calls
+                  if c.get("provider") == provider)
+    out = []
+    for i, (t, status, fault) in enumerate(mine):
+        if status != 429 or fault:
+            continue
+        before = [f"{(tb - t) * 1000:+.1f}" for tb, _, _ in mine[max(0, i - 5):i]]
+        after = [f"{(ta - t) * 1000:+.1f}" for ta, _, _ in mine[i + 1:i + 3]]
+        out.append(f"429 at t={t:.3f}s: calls at {' '.join(before)} | {' '.join(after)} ms")
+        if len(out) >= limit:
+            break
+    if not out:
+        return ""
+    interval = f"; provider interval {1000 / (rate * time_scale):.1f} ms" if rate else ""
+    return f"{interval}; " + "; ".join(out)
+
+
 def _rates(ev: Evidence, report: Report) -> None:
     rates = ev.rates or plan_rates()
     throttled = ev.sandbox_stats.get("throttled") or {}
     for provider, n in sorted(throttled.items()):
         if n:
-            report.add(4, f"the sandbox throttled {n} call(s) to {provider} (429 beyond the injected ones)")
+            report.add(4, f"the sandbox throttled {n} call(s) to {provider} (429 beyond the injected ones)"
+                          + throttle_context(ev.sandbox_calls, provider, rates.get(provider), ev.time_scale))
     by_provider: dict[str, list[float]] = defaultdict(list)
     for call in ev.sandbox_calls:
         if int(call.get("status", 0)) != 429:
@@ -319,11 +345,21 @@ def _leftovers(ev: Evidence, report: Report) -> None:
             left = {k: row.get(k, 0) for k in ("ready", "in_flight", "delayed") if row.get(k, 0)}
             if left:
                 report.add(5, f"queue {name} still has {left}")
-    for k in ("ready", "in_flight", "delayed", "claiming", "leases"):
+    for k in ("ready", "in_flight", "delayed", "claiming"):
         if ev.redis_counts.get(k):
             report.add(5, f"Redis still holds {ev.redis_counts[k]} {k.replace('_', ' ')} task(s)")
+    # Lease bookkeeping with no task in flight: every settle (ack, retry, release, dead letter) removes a
+    # task's lease entry, lock and held-set member together with its in-flight entry, and only the lock's
+    # holder may renew, so once nothing is in flight none of these can be left. A stray one is a settle
+    # or renewal by a worker that no longer held the lease (SPEC §4: fencing).
+    if ev.redis_counts.get("leases"):
+        report.add(5, f"{ev.redis_counts['leases']} lease entr(y/ies) left with nothing in flight: "
+                      f"{ev.lease_entries[:5]} (a renewal or settle by a worker that lost the lease?)")
     if ev.lock_keys:
         report.add(5, f"{len(ev.lock_keys)} task_lock key(s) left: {ev.lock_keys[:5]}")
+    for worker, members in sorted(ev.held_entries.items()):
+        report.add(5, f"worker {worker} is still recorded as holding {members[:5]} with nothing in flight "
+                      "(its lease was settled by another worker?)")
     dl = ev.dead_letters
     entries = dl.get("dead_letters", dl.get("entries", dl.get("items"))) if isinstance(dl, dict) else dl
     if entries is None:

@@ -27,6 +27,8 @@ KINDS: tuple[str, ...] = (
     "kill_producer",
     "kill_recovery",
     "stop_worker",  # SIGSTOP for `duration` s, then SIGCONT: a zombie if longer than the liveness TTL
+    "stop_producer",  # SIGSTOP/SIGCONT of the producer (frozen between starting a campaign and enqueueing it)
+    "stop_recovery",  # SIGSTOP/SIGCONT of recovery (frozen between reading a lease and settling it)
     "unsubscribe",  # `campaignctl unsubscribe` of campaign number `target` mid-run
     "provider_faults",  # the sandbox injects `spec` for `duration` s
     "redis_restart",  # graceful restart, data kept (AOF)
@@ -173,9 +175,13 @@ def fault(draw: st.DrawFn, *, workers: int, campaigns: int) -> Fault:
     if kind == "kill_worker":
         return Fault(at, kind, target=draw(st.integers(0, workers - 1)))
     if kind == "stop_worker":
-        # Short stops pause a worker; stops beyond the liveness TTL make a zombie whose lease is taken away.
-        duration = draw(st.sampled_from((4.0, 1.0, 8.0)))
+        # Short stops pause a worker; stops beyond the liveness TTL (2 s) plus a recovery pass make a zombie
+        # whose leases are taken away and handed to another worker while it sleeps: at 3 s it wakes up while
+        # the new holder is likely still running its task, at 8 s long after.
+        duration = draw(st.sampled_from((4.0, 1.0, 3.0, 8.0)))
         return Fault(at, kind, target=draw(st.integers(0, workers - 1)), duration=duration)
+    if kind in ("stop_producer", "stop_recovery"):
+        return Fault(at, kind, duration=draw(st.sampled_from((4.0, 1.0))))
     if kind == "unsubscribe":
         return Fault(at, kind, target=draw(st.integers(0, campaigns - 1)))
     if kind == "provider_faults":

@@ -8,8 +8,9 @@ the processes' logs, and the replay string:
 
     pytest tests/chaos --chaos-replay=<string>
 
-Budget: CHAOS_EXAMPLES generated schedules (default 6) plus the fixed
-schedules below, which make sure every fault kind runs in every CI build.
+Budget: CHAOS_EXAMPLES generated schedules (default 6) plus the two fixed
+schedules below: EVERYTHING runs every fault kind in every CI build, ZOMBIES
+the lease-fencing case.
 """
 
 from __future__ import annotations
@@ -60,8 +61,10 @@ EVERYTHING = Schedule(
         Fault(1.0, "kill_worker", target=1),
         Fault(1.5, "stop_worker", target=2, duration=5.0),
         Fault(2.0, "unsubscribe", target=3),
+        Fault(2.2, "stop_producer", duration=4.0),
         Fault(2.5, "kill_producer"),
         Fault(3.0, "redis_crash"),
+        Fault(3.5, "stop_recovery", duration=1.0),
         Fault(4.0, "kill_recovery"),
         Fault(4.5, "pg_restart", duration=2.0),
         Fault(5.0, "provider_faults", duration=2.0, spec="*:timeout=0.3,5xx=0.3"),
@@ -70,6 +73,23 @@ EVERYTHING = Schedule(
         Fault(8.0, "unsubscribe", target=7),
         Fault(8.5, "redis_flushall"),
         Fault(9.0, "kill_worker", target=0),
+    ),
+)
+
+#: Zombies and nothing else that touches Redis afterwards: two workers frozen (SIGSTOP) past the liveness TTL
+#: while they hold tasks, so recovery hands their tasks to the third; one wakes up (SIGCONT) while the new
+#: holder is still running them (Zillow answers a second late), the other long after they were done. Every
+#: ack, retry and renewal the zombies then send must be refused (SPEC §4, fencing); invariant 5 sees a
+#: lease entry or a held-task record they leave behind when one is not. EVERYTHING cannot show this: the
+#: Redis wipes after its zombie wakes up erase the evidence.
+ZOMBIES = Schedule(
+    campaigns=8,
+    workers=3,
+    concurrency=3,
+    faults=(
+        Fault(0.5, "provider_faults", duration=6.0, spec="zillow:latency=1"),
+        Fault(1.0, "stop_worker", target=1, duration=3.0),
+        Fault(1.2, "stop_worker", target=2, duration=8.0),
     ),
 )
 
@@ -143,7 +163,7 @@ def test_chaos(chaos_pg: PostgresServer, chaos_replay: Schedule | None) -> None:
 
     chosen_seed = int(os.environ.get("CHAOS_SEED", str(int.from_bytes(os.urandom(4), "big"))))
     print(f"[chaos] hypothesis seed {chosen_seed} (CHAOS_SEED={chosen_seed} reproduces the same draws), "
-          f"{EXAMPLES} generated examples{' + 1 fixed' if FIXED else ''}, time scale {TIME_SCALE}")
+          f"{EXAMPLES} generated examples{' + 2 fixed' if FIXED else ''}, time scale {TIME_SCALE}")
     phases = [Phase.explicit, Phase.generate] + ([Phase.shrink] if SHRINK else [])
 
     @seed(chosen_seed)
@@ -160,6 +180,7 @@ def test_chaos(chaos_pg: PostgresServer, chaos_replay: Schedule | None) -> None:
         run_and_check(schedule, chaos_pg)
 
     if FIXED:
+        chaos_example = example(schedule=ZOMBIES)(chaos_example)
         chaos_example = example(schedule=EVERYTHING)(chaos_example)
 
     try:

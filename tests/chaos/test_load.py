@@ -12,6 +12,7 @@ CI use the same code: LOAD_CAMPAIGNS (1000), LOAD_WORKERS (6), LOAD_TIME_SCALE
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import threading
@@ -74,6 +75,8 @@ def test_load_with_worker_kills(chaos_pg: PostgresServer) -> None:
         if at_rest:
             at_rest, state = cluster.wait_for_rest(120)
         evidence = cluster.collect()
+        # The sandbox's call log, for a post-mortem of the rate checks (kept with the logs when the test fails).
+        (tmp_path / "sandbox_calls.json").write_text(json.dumps(evidence.sandbox_calls))
         report = invariants.check(evidence, at_rest=at_rest)
         timeline = cluster.describe_run()
         tails = cluster.log_tails() if not report.ok else ""
