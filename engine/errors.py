@@ -1,10 +1,29 @@
 """What a handler raises to tell the worker how its task ended.
 
 A handler that returns normally has finished its task (ack). Anything else is
-one of these; an unexpected exception counts as ``Transient``.
+one of these; an unexpected exception counts as ``Transient`` — unless it means
+that a service the handler needs is down (an outage, see ``is_outage``): that
+task is deferred like a rate-limited one, without spending an attempt.
 """
 
 from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+
+import redis
+
+#: ``test(exc) -> bool``: the application's answer to "does this exception mean a service we
+#: depend on is unreachable or not accepting work right now?" (e.g. the database's driver errors).
+OutageTest = Callable[[BaseException], bool]
+
+#: Redis errors that mean "Redis is not reachable or not writable now", not "this command is wrong".
+#: ConnectionError covers refused/reset connections, BusyLoadingError (AOF loading) and
+#: AuthenticationError; ReadOnlyError is a failover's demoted primary.
+REDIS_OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
+    redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError)
+#: How far along __cause__/__context__ ``is_outage`` looks (a handler may wrap the driver's error).
+CHAIN_DEPTH = 5
 
 
 class TaskFailure(Exception):
@@ -41,3 +60,54 @@ class RateLimited(TaskFailure):
 
 class Discard(TaskFailure):
     """The task has nothing to do (its subject is gone): acknowledge it with a log line."""
+
+
+class Unavailable(TaskFailure):
+    """A service the handler needs is unreachable (the database is restarting).
+
+    Not the task's fault: the worker defers it with the outage backoff and does
+    not spend an attempt, so an outage never burns retry budgets or sends
+    campaigns to the dead letters. Handlers rarely raise it themselves: the
+    application declares which library exceptions mean this (``Registry(is_outage=...)``).
+    """
+
+
+def causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and the exceptions it was raised from or while handling, nearest first."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen and len(seen) < CHAIN_DEPTH:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def is_outage(exc: BaseException, test: OutageTest | None = None) -> bool:
+    """Whether ``exc`` (or what it wraps) is ``Unavailable``, a Redis outage, or an outage by ``test``."""
+    for e in causes(exc):
+        if isinstance(e, (Unavailable, *REDIS_OUTAGE_ERRORS)) or (test is not None and test(e)):
+            return True
+    return False
+
+
+#: Longest exception text ``describe`` keeps, in characters.
+DESCRIBE_MAX = 200
+
+
+def describe(exc: BaseException) -> str:
+    """One short line for a log: the type and the first line of the message, credentials masked.
+
+    Only the first line: a driver's message goes on with the SQL statement and
+    its parameters (campaign data) after it, which a log line must not carry.
+    A wrapper's "(driver.Error) text" (SQLAlchemy's) names the driver's class instead of the wrapper's.
+    """
+    from engine.queue import redact
+
+    text = str(exc).strip().split("\n", 1)[0].split("[SQL:", 1)[0].strip()
+    wrapped = re.match(r"\(([A-Za-z_][\w.]*)\) (.*)", text)
+    if wrapped:
+        line = f"{wrapped[1]}: {wrapped[2]}"
+    else:
+        line = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    line = redact(line)
+    return line if len(line) <= DESCRIBE_MAX else line[: DESCRIBE_MAX - 1] + "…"

@@ -4,16 +4,17 @@ The source (the app passes one that calls ``store.start_due``) moves due
 campaigns to PROCESSING with a compare-and-set, so several producers never
 start a campaign twice. If a producer dies between the database update and
 the enqueue, recovery's reconcile finds the campaign stalled and enqueues it.
+A pass that fails (Redis or the database down) is retried with backoff by
+engine.loop.ServiceLoop; the process never exits for it.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 
-import redis
-
+from engine.errors import OutageTest
+from engine.loop import ServiceLoop, StopFlag
 from engine.queue import TaskQueue
 from engine.settings import EngineSettings
 
@@ -23,30 +24,29 @@ log = logging.getLogger(__name__)
 ProducerSource = Callable[[int], list[tuple[str, int]]]
 
 
-class Producer:
-    def __init__(self, queue: TaskQueue, settings: EngineSettings, source: ProducerSource) -> None:
+class Producer(ServiceLoop):
+    """Every PRODUCER_INTERVAL, enqueue the first task of everything ``source`` says is due.
+
+    ``is_outage`` tells the loop which of the source's exceptions mean "the
+    database is down" (they are logged as one warning line instead of a
+    traceback; every failed pass is retried either way).
+    """
+
+    name = "producer"
+
+    def __init__(self, queue: TaskQueue, settings: EngineSettings, source: ProducerSource, *,
+                 is_outage: OutageTest | None = None, stop: StopFlag | None = None) -> None:
+        super().__init__(settings.producer_interval, backoff_max=settings.outage_backoff_max, is_outage=is_outage,
+                         stop=stop)
         self.queue = queue
         self.settings = settings
         self.source = source
-        self._stop = threading.Event()
-
-    def stop(self) -> None:
-        """Safe to call from a signal handler.
-
-        A handler runs in the main thread, maybe while that thread is inside
-        ``self._stop.wait()`` holding the event's lock: setting it right there
-        would deadlock, so from the main thread the event is set by a thread.
-        """
-        if threading.current_thread() is threading.main_thread():
-            threading.Thread(target=self._stop.set, name="stop", daemon=True).start()
-        else:
-            self._stop.set()
 
     def run_once(self) -> int:
         """Drain everything due now, batch by batch; returns how many tasks were enqueued."""
         total = 0
         batch = max(1, self.settings.producer_batch)
-        while not self._stop.is_set():
+        while not self.stopping:
             items = self.source(batch)
             if items:
                 total += sum(1 for t in self.queue.enqueue_many(items) if t is not None)
@@ -54,15 +54,6 @@ class Producer:
                 break
         return total
 
-    def run(self, *, once: bool = False) -> int:
-        while True:
-            try:
-                n = self.run_once()
-                if n:
-                    log.info("producer: enqueued %d task(s)", n)
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                log.warning("producer pass failed, Redis unavailable: %s", exc)
-                if once:
-                    return 1
-            if once or self._stop.wait(self.settings.producer_interval):
-                return 0
+    def report(self, result: int) -> None:
+        if result:
+            log.info("producer: enqueued %d task(s)", result)

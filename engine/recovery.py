@@ -5,19 +5,21 @@ from workers whose liveness key is gone (seconds) and leases past their
 deadline (the visibility timeout), each pass asks the application's
 reconcile source which campaigns need a live task and enqueues them — dedup
 makes that a no-op for campaigns that already have one — so even a FLUSHALL
-loses nothing.
+loses nothing. A pass that fails (Redis or the database down) is retried
+with backoff by engine.loop.ServiceLoop; the process never exits for it.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Iterable
 
 import attrs
 import redis
 
+from engine.errors import OutageTest
 from engine.keys import split_task_key
+from engine.loop import ServiceLoop, StopFlag
 from engine.queue import Settled, TaskQueue
 from engine.registry import Registry
 from engine.settings import EngineSettings
@@ -40,8 +42,15 @@ class RecoveryReport:
         return bool(self.dead_workers or self.requeued or self.dead_lettered or self.promoted or self.reconciled)
 
 
-class Recovery:
-    """One recovery loop; several may run at once (every step is a fenced or idempotent script)."""
+class Recovery(ServiceLoop):
+    """One recovery loop; several may run at once (every step is a fenced or idempotent script).
+
+    ``is_outage`` (default: the registry's test) tells the loop which
+    exceptions of the reconcile source mean "the database is down"; every
+    failed pass is retried either way.
+    """
+
+    name = "recovery"
 
     def __init__(
         self,
@@ -50,39 +59,24 @@ class Recovery:
         queue: TaskQueue,
         registry: Registry | None = None,
         reconcile: ReconcileSource | None = None,
+        *,
+        is_outage: OutageTest | None = None,
+        stop: StopFlag | None = None,
     ) -> None:
+        if is_outage is None and registry is not None:
+            is_outage = registry.is_outage
+        super().__init__(settings.recovery_interval, backoff_max=settings.outage_backoff_max, is_outage=is_outage,
+                         stop=stop)
         self.redis = client
         self.settings = settings
         self.queue = queue
         self.keys = queue.keys
         self.registry = registry
         self.reconcile = reconcile
-        self._stop = threading.Event()
 
-    def stop(self) -> None:
-        """Safe to call from a signal handler.
-
-        A handler runs in the main thread, maybe while that thread is inside
-        ``self._stop.wait()`` holding the event's lock: setting it right there
-        would deadlock, so from the main thread the event is set by a thread.
-        """
-        if threading.current_thread() is threading.main_thread():
-            threading.Thread(target=self._stop.set, name="stop", daemon=True).start()
-        else:
-            self._stop.set()
-
-    def run(self, *, once: bool = False) -> int:
-        while True:
-            try:
-                report = self.run_once()
-                if report:
-                    log.info("recovery: %s", report)
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                log.warning("recovery pass failed, Redis unavailable: %s", exc)
-                if once:
-                    return 1
-            if once or self._stop.wait(self.settings.recovery_interval):
-                return 0
+    def report(self, result: RecoveryReport) -> None:
+        if result:
+            log.info("recovery: %s", result)
 
     def run_once(self) -> RecoveryReport:
         report = RecoveryReport()

@@ -38,6 +38,12 @@ DEFAULT_CLAIM_BLOCK = 0.5
 #: A handler running longer than this loses its task (released as a lease loss; the handler's late
 #: result is fenced out), unless its RetryPolicy.time_limit says otherwise; 0 = no limit, in s.
 DEFAULT_TASK_TIME_LIMIT = 600.0
+#: Longest wait between two tries while Redis or the database is down (service loops, start-up,
+#: tasks deferred by an outage); the waits grow with the outage's length up to this, in s.
+DEFAULT_OUTAGE_BACKOFF_MAX = 30.0
+#: How long producer, recovery and worker wait at start-up for Redis and the database before
+#: exiting 1; 0 = wait as long as it takes, in s.
+DEFAULT_STARTUP_TIMEOUT = 0.0
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
@@ -84,6 +90,8 @@ class EngineSettings:
     dedup_ttl: float = DEFAULT_DEDUP_TTL
     claim_block: float = DEFAULT_CLAIM_BLOCK
     task_time_limit: float = DEFAULT_TASK_TIME_LIMIT
+    outage_backoff_max: float = DEFAULT_OUTAGE_BACKOFF_MAX
+    startup_timeout: float = DEFAULT_STARTUP_TIMEOUT
 
     def __repr__(self) -> str:
         from engine.connection import redact_url
@@ -114,4 +122,7 @@ class EngineSettings:
             dedup_ttl=_float(env, "DEDUP_TTL", DEFAULT_DEDUP_TTL) or DEFAULT_DEDUP_TTL,
             claim_block=_float(env, "CLAIM_BLOCK", DEFAULT_CLAIM_BLOCK) or DEFAULT_CLAIM_BLOCK,
             task_time_limit=_float(env, "TASK_TIME_LIMIT", DEFAULT_TASK_TIME_LIMIT),
+            outage_backoff_max=_float(env, "OUTAGE_BACKOFF_MAX", DEFAULT_OUTAGE_BACKOFF_MAX)
+            or DEFAULT_OUTAGE_BACKOFF_MAX,
+            startup_timeout=_float(env, "STARTUP_TIMEOUT", DEFAULT_STARTUP_TIMEOUT),
         )

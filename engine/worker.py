@@ -11,6 +11,13 @@ settled by the handler thread itself. The heartbeat thread renews the
 worker's liveness key and every held lease in one pipeline, and gives up on
 tasks that ran past their time limit. A worker that dies is noticed by
 recovery within LIVENESS_TTL, not the visibility timeout.
+
+Outages: while Redis is down the claim loop backs off (engine.loop.Outage)
+and the heartbeat keeps trying; a handler that fails because a service it
+needs is down (``Registry.is_outage``: Redis, ``Unavailable``, or the
+application's test, e.g. the database driver's connection errors) has its
+task deferred with the outage backoff without spending an attempt, so a
+database restart never exhausts retry budgets or dead-letters campaigns.
 """
 
 from __future__ import annotations
@@ -31,8 +38,9 @@ import attrs
 import redis
 
 from engine.context import TaskContext
-from engine.errors import Discard, Permanent, RateLimited
+from engine.errors import Discard, Permanent, RateLimited, describe
 from engine.identity import new_worker_id
+from engine.loop import FIRST_RETRY, Outage
 from engine.queue import Lease, TaskQueue, redact
 from engine.ratelimit import RateLimiter
 from engine.registry import Registry
@@ -49,7 +57,7 @@ DEFAULT_CONCURRENCY = 16
 PROMOTE_INTERVAL = 0.5
 #: Shortest deferral of a rate-limited task (a 0 s Retry-After would spin), in s.
 MIN_DEFER = 0.05
-#: Pause after a Redis connection error before the loop tries again, in s.
+#: First pause of the claim loop after a Redis connection error; grows to OUTAGE_BACKOFF_MAX, in s.
 REDIS_ERROR_BACKOFF = 1.0
 #: Longest block on an empty queue in --burst mode, in s.
 BURST_BLOCK = 0.1
@@ -129,6 +137,16 @@ class Worker:
         self._abandon = False
         #: True when handlers were still running after the grace period (the process should exit hard).
         self.left_running = False
+        cap = settings.outage_backoff_max
+        #: Redis failing the claim loop, the heartbeat, and handlers failing on an outage: backoff and log lines.
+        self._claim_outage = Outage(f"worker {self.worker_id}: Redis (claiming tasks)", base=REDIS_ERROR_BACKOFF,
+                                    cap=cap, logger=log)
+        self._beat_outage = Outage(f"worker {self.worker_id}: heartbeat", base=settings.heartbeat_interval or 1.0,
+                                   cap=cap, logger=log, consequence="trying again every HEARTBEAT_INTERVAL")
+        self._task_outage = Outage(
+            f"worker {self.worker_id}: a service the handlers need", base=FIRST_RETRY, cap=cap,
+            is_outage=registry.is_outage, logger=log,
+            consequence=f"deferring their tasks without spending attempts, with backoff (at most {max(cap, FIRST_RETRY):g}s)")
         if settings.heartbeat_interval >= settings.liveness_ttl:
             log.warning("HEARTBEAT_INTERVAL (%ss) should be well below LIVENESS_TTL (%ss)",
                         settings.heartbeat_interval, settings.liveness_ttl)
@@ -180,15 +198,18 @@ class Worker:
                     next_promote = now + PROMOTE_INTERVAL
                 block = min(BURST_BLOCK, self.settings.claim_block) if self.burst else self.settings.claim_block
                 claim = self.queue.claim(self.worker_id, self.queues, free, block=block)
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                log.warning("Redis unavailable in the claim loop (%s); retrying in %ss", exc, REDIS_ERROR_BACKOFF)
-                self._stop.wait(REDIS_ERROR_BACKOFF)
+                for entry in claim.rejected:
+                    self.registry.dead_lettered(None, entry["reason"], entry.get("error"))
+                for lease in claim.leases:
+                    self._start(lease)
+                done = self.burst and not claim.leases and not claim.rejected and self._burst_done()
+            except redis.RedisError as exc:
+                if not self._claim_outage.is_outage(exc):
+                    raise
+                self._stop.wait(self._claim_outage.failed(exc))
                 continue
-            for entry in claim.rejected:
-                self.registry.dead_lettered(None, entry["reason"], entry.get("error"))
-            for lease in claim.leases:
-                self._start(lease)
-            if self.burst and not claim.leases and not claim.rejected and self._burst_done():
+            self._claim_outage.ok()
+            if done:
                 log.info("worker %s: burst done, nothing left", self.worker_id)
                 return
 
@@ -314,6 +335,7 @@ class Worker:
             self._returned(job)
             log.info("task %s %s discarded: %s", task.task_type, task.task_id, exc)
             self._queue_ack(job)
+            self._task_outage.ok()
         except RateLimited as exc:
             self._returned(job)
             if exc.api and self.limiter is not None:
@@ -328,6 +350,9 @@ class Worker:
             self._dead(job, redact(f"permanent failure: {exc}"), _trace(exc))
         except Exception as exc:  # noqa: BLE001 - Transient, and anything unexpected, is retried
             self._returned(job)
+            if self.registry.is_outage(exc):
+                self._defer_for_outage(job, exc)
+                return
             policy = self.registry.policy(task.task_type)
             attempts = task.retry_count + 1
             if policy.exhausted(task.retry_count):
@@ -341,6 +366,22 @@ class Worker:
         else:
             self._returned(job)
             self._queue_ack(job)
+            self._task_outage.ok()
+
+    def _defer_for_outage(self, job: _Job, exc: Exception) -> None:
+        """A service the handler needs is down: not the task's fault, so no attempt is spent.
+
+        The wait grows with the outage (engine.retry.OutageBackoff, shared by
+        every handler thread of this worker) up to OUTAGE_BACKOFF_MAX; the
+        first deferral of an outage logs one warning, the rest log at DEBUG.
+        With no end to the deferrals a task can wait out any outage: with the
+        database down there is nothing better to do anyway, since moving the
+        campaign to ERROR needs the database too.
+        """
+        delay = self._task_outage.failed(exc)
+        task = job.lease.task
+        log.debug("task %s %s deferred %.2fs by an outage: %s", task.task_type, task.task_id, delay, describe(exc))
+        self._settle(job, self.queue.retry(job.lease, delay, spend_attempt=False), "outage deferral")
 
     def _returned(self, job: _Job) -> None:
         """The handler is out: from now on the time limit no longer applies to this job."""
@@ -444,8 +485,9 @@ class Worker:
             self.queue.renew([j.lease for j in jobs], client=pipe)
             results = pipe.execute()
         except redis.RedisError as exc:
-            log.warning("heartbeat failed: %s", exc)
+            self._beat_outage.failed(exc)
             return
+        self._beat_outage.ok()
         for job, ok in zip(jobs, results[2:]):
             if not ok and self._still_running(job):  # a job settled meanwhile has no lock to renew
                 if job.ctx is not None:
