@@ -489,7 +489,8 @@ class Worker:
             return
         self._beat_outage.ok()
         for job, ok in zip(jobs, results[2:]):
-            if not ok and self._still_running(job):  # a job settled meanwhile has no lock to renew
+            # A job settled meanwhile has no lock to renew; one waiting for its ack learns of a lost lease from the ack.
+            if not ok and not job.finished and self._still_running(job):
                 if job.ctx is not None:
                     job.ctx.lease_lost.set()
                 log.warning("lease lost: %s %s was taken away while running", job.lease.task.task_type,
