@@ -2,7 +2,9 @@
 
 ``engine`` knows nothing of campaigns; this module is where campaigns meet it.
 ``stages`` is imported lazily so the engine commands work before (or without)
-the stage handlers.
+the stage handlers. It is also where the engine learns which database errors
+mean "the database is down" (``database_outage``): the engine knows Redis,
+not SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import datetime as dt
 import logging
 from collections.abc import Callable, Iterator
 from typing import Any
+
+from sqlalchemy import exc as sa_exc
 
 from campaignctl.context import AppContext
 from campaignctl.limits import rate_limits
@@ -48,10 +52,39 @@ def load_handlers(ctx: AppContext) -> dict[str, Any]:
     return dict(build_handlers(ctx))
 
 
+def database_outage(exc: BaseException) -> bool:
+    """Whether a SQLAlchemy error means the database is unreachable or cannot take work right now.
+
+    ``OperationalError`` is, by the DB-API's definition, an error "related to
+    the database's operation and not necessarily under the control of the
+    programmer": a refused or lost connection, a server shutting down or
+    starting up, a deadlock or serialization failure, SQLite's "database is
+    locked". ``InterfaceError`` is a connection already closed; a
+    ``DBAPIError`` that SQLAlchemy marks ``connection_invalidated`` is a
+    disconnect whatever its class; the pool's ``TimeoutError`` means no
+    connection could be had in time. Integrity and programming errors are not
+    outages: waiting cannot mend them.
+    """
+    if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError,
+                        sa_exc.DisconnectionError)):
+        return True
+    return isinstance(exc, sa_exc.DBAPIError) and bool(exc.connection_invalidated)
+
+
+def ping_database(ctx: AppContext) -> None:
+    """One round trip to the database (raises when it is unreachable)."""
+    with ctx.db.connect() as conn:
+        conn.exec_driver_sql("SELECT 1")
+
+
 def build_registry(ctx: AppContext, *, worker_id: str | None = None,
                    handlers: dict[str, Any] | None = None) -> Registry:
-    """Every stage handler, plus the hook that moves a dead-lettered campaign to ERROR."""
-    registry = Registry()
+    """Every stage handler, plus the hook that moves a dead-lettered campaign to ERROR.
+
+    A handler failing because the database is down (``database_outage``) has
+    its task deferred by the worker without spending an attempt.
+    """
+    registry = Registry(is_outage=database_outage)
     for task_type, entry in (load_handlers(ctx) if handlers is None else handlers).items():
         if isinstance(entry, tuple):
             handler, policy = entry

@@ -1,4 +1,10 @@
-"""Engine commands: worker, producer, recovery, and the queue/worker/limit/DLQ inspection."""
+"""Engine commands: worker, producer, recovery, and the queue/worker/limit/DLQ inspection.
+
+The long-running commands wait at start-up for Redis and the database
+(logging once, with backoff; STARTUP_TIMEOUT bounds it, ``--no-wait`` and
+``--once`` try once and exit 1), and then survive their outages: see
+engine.loop and the worker's outage deferral.
+"""
 
 from __future__ import annotations
 
@@ -26,49 +32,45 @@ def _queue_list(text: str) -> list[str]:
     return names
 
 
+def _command(sub: argparse._SubParsersAction, name: str, func: Any, summary: str, *,  # type: ignore[type-arg]
+             json_flag: bool = False, service: bool = False, once: bool = False) -> argparse.ArgumentParser:
+    """Add one subcommand with the flags it shares with its siblings."""
+    p = sub.add_parser(name, help=summary)
+    if json_flag:
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+    if once:
+        p.add_argument("--once", action="store_true", help="one pass, then exit (1 if it failed)")
+    if service:
+        p.add_argument("--no-wait", action="store_true",
+                       help="exit 1 at once when Redis or the database is unreachable at start-up "
+                            "(default: wait for them, up to STARTUP_TIMEOUT)")
+    p.set_defaults(func=func)
+    return p
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("worker", help="run task handlers (until SIGTERM, or until empty with --burst)")
+    p = _command(sub, "worker", _worker, "run task handlers (until SIGTERM, or until empty with --burst)",
+                 service=True)
     p.add_argument("--queues", type=_queue_list, default=None,
                    help="comma-separated task types to consume, in priority order (default: all)")
     p.add_argument("--concurrency", type=positive_int, default=None,
                    help="handler threads (default: engine.worker.DEFAULT_CONCURRENCY, 16; polling mode 1)")
     p.add_argument("--burst", action="store_true", help="exit once the queues and this worker are empty")
-    p.set_defaults(func=_worker)
-
-    p = sub.add_parser("producer", help="start due campaigns and enqueue their first task")
-    p.add_argument("--once", action="store_true", help="one pass, then exit")
-    p.set_defaults(func=_producer)
-
-    p = sub.add_parser("recovery", help="requeue tasks of dead workers and lapsed leases; re-enqueue stalled campaigns")
-    p.add_argument("--once", action="store_true", help="one pass, then exit")
-    p.set_defaults(func=_recovery)
-
-    p = sub.add_parser("queues", help="ready, in-flight and delayed tasks per queue, and dead letters")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=_queues)
-
-    p = sub.add_parser("workers", help="registered workers, their liveness and current tasks")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=_workers)
-
-    p = sub.add_parser("limits", help="rate limit per API: rate, burst, tokens now, paused until")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=_limits)
+    _command(sub, "producer", _producer, "start due campaigns and enqueue their first task", service=True, once=True)
+    _command(sub, "recovery", _recovery,
+             "requeue tasks of dead workers and lapsed leases; re-enqueue stalled campaigns", service=True, once=True)
+    _command(sub, "queues", _queues, "ready, in-flight and delayed tasks per queue, and dead letters", json_flag=True)
+    _command(sub, "workers", _workers, "registered workers, their liveness and current tasks", json_flag=True)
+    _command(sub, "limits", _limits, "rate limit per API: rate, burst, tokens now, paused until", json_flag=True)
 
     p = sub.add_parser("dlq", help="dead letters: list, requeue, purge")
     dsub = p.add_subparsers(dest="dlq_command", metavar="ACTION", required=True)
-    d = dsub.add_parser("list", help="list dead letters, oldest first")
-    d.add_argument("--json", action="store_true", help="machine-readable output")
-    d.set_defaults(func=_dlq_list)
-    d = dsub.add_parser("requeue", help="enqueue a fresh task for one dead letter (or all)")
+    _command(dsub, "list", _dlq_list, "list dead letters, oldest first", json_flag=True)
+    d = _command(dsub, "requeue", _dlq_requeue, "enqueue a fresh task for one dead letter (or all)", json_flag=True)
     which = d.add_mutually_exclusive_group(required=True)
     which.add_argument("id", nargs="?", help="dead-letter id or task id")
     which.add_argument("--all", action="store_true", help="every dead letter")
-    d.add_argument("--json", action="store_true", help="machine-readable output")
-    d.set_defaults(func=_dlq_requeue)
-    d = dsub.add_parser("purge", help="delete every dead letter")
-    d.add_argument("--json", action="store_true", help="machine-readable output")
-    d.set_defaults(func=_dlq_purge)
+    _command(dsub, "purge", _dlq_purge, "delete every dead letter", json_flag=True)
 
 
 def _ctx() -> Any:
@@ -80,9 +82,41 @@ def _ctx() -> Any:
 # -- long-running commands -------------------------------------------------------------
 
 
+def _services_up(ctx: Any, args: argparse.Namespace, stop: Any) -> bool:
+    """Redis and the database answer; False when a signal stopped the wait.
+
+    Waits with the outage backoff (engine.loop.wait_until_up) unless
+    ``--no-wait`` or ``--once`` (one try; a cron job or a script wants the
+    exit code, not a process that hangs), up to STARTUP_TIMEOUT. An error
+    that is not an outage (a bad URL) and a wait that timed out exit 1 with
+    the reason. URLs are logged with their credentials masked.
+    """
+    from campaignctl import wiring
+    from engine.connection import redact_url
+    from engine.errors import describe
+    from engine.loop import wait_until_up
+
+    settings = ctx.settings
+    checks = (
+        (f"Redis at {redact_url(settings.redis_url)}", lambda: ctx.redis),
+        (f"the database at {redact_url(ctx.database_url)}", lambda: wiring.ping_database(ctx)),
+    )
+    for what, check in checks:
+        try:
+            if args.no_wait or getattr(args, "once", False):
+                check()
+            elif not wait_until_up(what, check, backoff_max=settings.outage_backoff_max,
+                                   timeout=settings.startup_timeout, is_outage=wiring.database_outage, stop=stop):
+                return False
+        except Exception as exc:  # noqa: BLE001 - reported as a refusal, without a traceback
+            raise Refused(f"{what} is unavailable: {describe(exc)}") from None
+    return True
+
+
 def _worker(args: argparse.Namespace) -> int:
     from campaignctl import wiring
     from engine.identity import new_worker_id
+    from engine.loop import StopFlag
     from engine.worker import DEFAULT_CONCURRENCY, Worker
     from workflow.states import TASK_TYPES
 
@@ -104,6 +138,10 @@ def _worker(args: argparse.Namespace) -> int:
         mode = parse_dispatch_mode(ctx.env.get("DISPATCH_MODE"))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    stop = StopFlag()
+    _stop_on_signals(stop.set)
+    if not _services_up(ctx, args, stop) or stop.is_set():
+        return 0
     if mode == "polling":
         return run_polling_worker(store=ctx.store, registry=registry, limiter=wiring.build_limiter(ctx),
                                   max_token_sleep=ctx.settings.max_token_sleep, task_types=queues,
@@ -125,11 +163,9 @@ def _producer(args: argparse.Namespace) -> int:
     from engine.identity import new_worker_id
     from engine.producer import Producer
 
-    ctx = _ctx()
-    producer = Producer(wiring.build_queue(ctx), ctx.settings,
-                        wiring.producer_source(ctx, f"producer:{new_worker_id()}"))
-    _stop_on_signals(producer.stop)
-    return producer.run(once=args.once)
+    return _run_loop(args, lambda ctx, stop: Producer(
+        wiring.build_queue(ctx), ctx.settings, wiring.producer_source(ctx, f"producer:{new_worker_id()}"),
+        is_outage=wiring.database_outage, stop=stop))
 
 
 def _recovery(args: argparse.Namespace) -> int:
@@ -137,11 +173,24 @@ def _recovery(args: argparse.Namespace) -> int:
     from engine.identity import new_worker_id
     from engine.recovery import Recovery
 
+    def build(ctx: Any, stop: Any) -> Recovery:
+        registry = wiring.build_registry(ctx, worker_id=f"recovery:{new_worker_id()}", handlers={})
+        return Recovery(ctx.redis, ctx.settings, wiring.build_queue(ctx), registry, wiring.reconcile_source(ctx),
+                        stop=stop)
+
+    return _run_loop(args, build)
+
+
+def _run_loop(args: argparse.Namespace, build: Any) -> int:
+    """Wait for Redis and the database, then run the ServiceLoop ``build(ctx, stop)`` until SIGTERM/SIGINT."""
+    from engine.loop import StopFlag
+
     ctx = _ctx()
-    registry = wiring.build_registry(ctx, worker_id=f"recovery:{new_worker_id()}", handlers={})
-    recovery = Recovery(ctx.redis, ctx.settings, wiring.build_queue(ctx), registry, wiring.reconcile_source(ctx))
-    _stop_on_signals(recovery.stop)
-    return recovery.run(once=args.once)
+    stop = StopFlag()
+    _stop_on_signals(stop.set)
+    if not _services_up(ctx, args, stop):
+        return 0
+    return int(build(ctx, stop).run(once=args.once))
 
 
 def _stop_on_signals(stop: Any) -> None:
