@@ -13,7 +13,6 @@ day" variant [O].
 
 from __future__ import annotations
 
-import itertools
 import json
 import re
 import time
@@ -22,7 +21,7 @@ from urllib.parse import unquote
 
 from sandbox import aws
 from sandbox import fakedata as fd
-from sandbox.provider import CallContext, retry_after_header
+from sandbox.provider import CallContext
 from sandbox.wire import Request, Response
 
 THROTTLED = ("Too many requests, please wait before trying again. You have sent too many requests. "
@@ -137,35 +136,13 @@ def _cut(text: str, max_tokens: int | None) -> tuple[str, str]:
     return "".join(out).rstrip(), "max_tokens"
 
 
-class Bedrock:
+class Bedrock(aws.AwsService):
     name = "bedrock"
-
-    def __init__(self) -> None:
-        self._errors = itertools.cycle(SERVER_ERRORS)
-
-    def key(self, req: Request) -> str:
-        return aws.access_key(req)
-
-    def auth_error(self, req: Request, key: str) -> Response | None:
-        problem = aws.auth_error(key, DENIED)
-        return aws.json_error(*problem) if problem else None
-
-    def throttled(self, req: Request, ctx: CallContext) -> Response:
-        return aws.json_error(429, "ThrottlingException", THROTTLED)
-
-    def injected(self, req: Request, ctx: CallContext, fault: str) -> Response:
-        if fault == "429":
-            return aws.json_error(429, "ThrottlingException", THROTTLED, {"Retry-After": retry_after_header(ctx.wait)})
-        if fault == "quota":
-            return aws.json_error(429, "ThrottlingException", DAILY)
-        return aws.json_error(*next(self._errors))
-
-    def decorate(self, req: Request, ctx: CallContext | None, resp: Response) -> Response:
-        resp.headers.setdefault("x-amzn-RequestId", aws.request_id())
-        return resp
-
-    def reset(self) -> None:
-        pass
+    denied = DENIED
+    throttle_code = "ThrottlingException"
+    throttle_message = THROTTLED
+    daily_message = DAILY
+    server_errors = SERVER_ERRORS
 
     def handle(self, req: Request, ctx: CallContext) -> Response:
         match = _PATH.match(req.raw_path)

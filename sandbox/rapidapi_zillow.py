@@ -228,6 +228,21 @@ def _page(req: Request, total: int) -> tuple[int, int, int]:
     return page, (page - 1) * RESULTS_PER_PAGE, pages
 
 
+def _listed_page(req: Request, homes: list[fd.Home],
+                 status: str) -> tuple[int, int, list[tuple[fd.Home, dict[str, Any]]]]:
+    """(page, total pages, [(home, its listing facts)]) of a search result, in either API's paging.
+
+    The homes shown are remembered by zpid, so a later lookup by zpid (in
+    either API) answers the same home as the search row did.
+    """
+    page, first, pages = _page(req, len(homes))
+    shown = []
+    for h in homes[first:first + RESULTS_PER_PAGE]:
+        fd.remember(h.zpid, h.address.one_line)
+        shown.append((h, _listing(h, status)))
+    return page, pages, shown
+
+
 def _zpid_param(req: Request) -> int | None:
     raw = req.query.get("zpid") or ""
     if not raw:
@@ -273,11 +288,9 @@ class ZillowCom1(RapidApi):
             return Response.json(200, {"zpid": h.zpid})
         kind, status = COM1_STATUS.get((req.query.get("status_type") or "ForSale").lower(), COM1_STATUS["forsale"])
         homes = _search_homes(location or req.query.get("coordinates") or req.query.get("polygon", ""), kind)
-        page, first, pages = _page(req, len(homes))
+        page, pages, shown = _listed_page(req, homes, status)
         rows = []
-        for h in homes[first:first + RESULTS_PER_PAGE]:
-            fd.remember(h.zpid, h.address.one_line)
-            facts = _listing(h, status)
+        for h, facts in shown:
             rows.append({
                 "zpid": str(h.zpid), "address": h.address.one_line, "price": facts["price"],
                 "bedrooms": h.bedrooms, "bathrooms": h.bathrooms, "livingArea": h.living_area,
@@ -342,11 +355,9 @@ class Zillow56(RapidApi):
             return Response.json(200, {} if fd.unknown(location) else property_object(location))
         kind, status = Z56_STATUS.get((req.query.get("status") or "forSale").lower(), Z56_STATUS["forsale"])
         homes = _search_homes(location, kind)
-        page, first, pages = _page(req, len(homes))
+        page, pages, shown = _listed_page(req, homes, status)
         rows = []
-        for h in homes[first:first + RESULTS_PER_PAGE]:
-            fd.remember(h.zpid, h.address.one_line)
-            facts = _listing(h, status)
+        for h, facts in shown:
             rows.append({
                 "zpid": h.zpid, "streetAddress": h.address.street, "city": h.address.city,
                 "state": h.address.state, "zipcode": h.address.zipcode, "unit": None,

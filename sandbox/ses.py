@@ -15,7 +15,6 @@ Which faults leave the message accepted (the dangerous cases for a sender):
 
 from __future__ import annotations
 
-import itertools
 import re
 import threading
 import time
@@ -24,7 +23,7 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 from sandbox import aws
-from sandbox.provider import CallContext, retry_after_header
+from sandbox.provider import CallContext
 from sandbox.stats import Stats
 from sandbox.wire import Request, Response
 
@@ -54,23 +53,26 @@ def _xml_error(status: int, code: str, message: str, kind: str = "Sender") -> Re
     return Response.text(status, body, "text/xml")
 
 
-class Ses:
+class Ses(aws.AwsService):
     name = "ses"
+    denied = DENIED
+    throttle_code = "TooManyRequestsException"
+    throttle_message = RATE
+    daily_message = DAILY
+    server_errors = SERVER_ERRORS
 
     def __init__(self, stats: Stats) -> None:
+        super().__init__()
         self.stats = stats
-        self._errors = itertools.cycle(SERVER_ERRORS)
         self._lock = threading.Lock()
 
     @staticmethod
     def _v1(req: Request) -> bool:
         return not req.raw_path.startswith("/v2/")
 
-    def key(self, req: Request) -> str:
-        return aws.access_key(req)
-
-    def _error(self, req: Request, status: int, code: str, message: str,
-               headers: dict[str, str] | None = None) -> Response:
+    def error(self, req: Request, status: int, code: str, message: str,
+              headers: dict[str, str] | None = None) -> Response:
+        """rest-json for v2; v1 (query API) answers XML with its own codes (a 429 there is a 400 Throttling)."""
         if self._v1(req):
             v1 = {"TooManyRequestsException": (400, "Throttling"), "UnrecognizedClientException":
                   (403, "InvalidClientTokenId"), "AccessDeniedException": (403, "AccessDenied"),
@@ -80,28 +82,6 @@ class Ses:
             resp.headers.update(headers or {})
             return resp
         return aws.json_error(status, code, message, headers)
-
-    def auth_error(self, req: Request, key: str) -> Response | None:
-        problem = aws.auth_error(key, DENIED)
-        return self._error(req, *problem) if problem else None
-
-    def throttled(self, req: Request, ctx: CallContext) -> Response:
-        return self._error(req, 429, "TooManyRequestsException", RATE)
-
-    def injected(self, req: Request, ctx: CallContext, fault: str) -> Response:
-        if fault == "429":
-            return self._error(req, 429, "TooManyRequestsException", RATE,
-                               {"Retry-After": retry_after_header(ctx.wait)})
-        if fault == "quota":
-            return self._error(req, 429, "TooManyRequestsException", DAILY)
-        return self._error(req, *next(self._errors))
-
-    def decorate(self, req: Request, ctx: CallContext | None, resp: Response) -> Response:
-        resp.headers.setdefault("x-amzn-RequestId", aws.request_id())
-        return resp
-
-    def reset(self) -> None:
-        pass
 
     def handle(self, req: Request, ctx: CallContext) -> Response:
         if self._v1(req):
