@@ -7,6 +7,8 @@ from collections.abc import Mapping
 
 import attrs
 
+from engine.env import env_float, env_int
+
 #: Key prefix used when KEY_PREFIX is not set. Queue keys carry it as a hash tag.
 DEFAULT_KEY_PREFIX = "ce"
 #: A leased task not acknowledged or renewed within this goes back to its queue, in s.
@@ -44,19 +46,6 @@ DEFAULT_OUTAGE_BACKOFF_MAX = 30.0
 #: How long producer, recovery and worker wait at start-up for Redis and the database before
 #: exiting 1; 0 = wait as long as it takes, in s.
 DEFAULT_STARTUP_TIMEOUT = 0.0
-
-
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from None
-    if value < 0:
-        raise ValueError(f"{name} must not be negative, got {raw!r}")
-    return value
 
 
 def redis_url_from_env(env: Mapping[str, str]) -> str:
@@ -108,21 +97,21 @@ class EngineSettings:
             redis_url=redis_url_from_env(env),
             redis_password=env.get("REDIS_PASSWORD") or None,
             key_prefix=env.get("KEY_PREFIX", DEFAULT_KEY_PREFIX) or DEFAULT_KEY_PREFIX,
-            visibility_timeout=_float(env, "VISIBILITY_TIMEOUT", DEFAULT_VISIBILITY_TIMEOUT),
-            heartbeat_interval=_float(env, "HEARTBEAT_INTERVAL", DEFAULT_HEARTBEAT_INTERVAL),
-            liveness_ttl=_float(env, "LIVENESS_TTL", DEFAULT_LIVENESS_TTL),
-            max_lease_losses=int(_float(env, "MAX_LEASE_LOSSES", DEFAULT_MAX_LEASE_LOSSES)),
-            recovery_interval=_float(env, "RECOVERY_INTERVAL", DEFAULT_RECOVERY_INTERVAL),
-            stall_threshold=_float(env, "STALL_THRESHOLD", DEFAULT_STALL_THRESHOLD),
-            producer_interval=_float(env, "PRODUCER_INTERVAL", DEFAULT_PRODUCER_INTERVAL),
-            producer_batch=int(_float(env, "PRODUCER_BATCH", DEFAULT_PRODUCER_BATCH)),
-            max_token_sleep=_float(env, "MAX_TOKEN_SLEEP", DEFAULT_MAX_TOKEN_SLEEP),
-            rate_scale=_float(env, "RATE_SCALE", DEFAULT_RATE_SCALE) or DEFAULT_RATE_SCALE,
-            shutdown_grace=_float(env, "SHUTDOWN_GRACE", DEFAULT_SHUTDOWN_GRACE),
-            dedup_ttl=_float(env, "DEDUP_TTL", DEFAULT_DEDUP_TTL) or DEFAULT_DEDUP_TTL,
-            claim_block=_float(env, "CLAIM_BLOCK", DEFAULT_CLAIM_BLOCK) or DEFAULT_CLAIM_BLOCK,
-            task_time_limit=_float(env, "TASK_TIME_LIMIT", DEFAULT_TASK_TIME_LIMIT),
-            outage_backoff_max=_float(env, "OUTAGE_BACKOFF_MAX", DEFAULT_OUTAGE_BACKOFF_MAX)
+            visibility_timeout=env_float(env, "VISIBILITY_TIMEOUT", DEFAULT_VISIBILITY_TIMEOUT),
+            heartbeat_interval=env_float(env, "HEARTBEAT_INTERVAL", DEFAULT_HEARTBEAT_INTERVAL),
+            liveness_ttl=env_float(env, "LIVENESS_TTL", DEFAULT_LIVENESS_TTL),
+            max_lease_losses=env_int(env, "MAX_LEASE_LOSSES", DEFAULT_MAX_LEASE_LOSSES),
+            recovery_interval=env_float(env, "RECOVERY_INTERVAL", DEFAULT_RECOVERY_INTERVAL),
+            stall_threshold=env_float(env, "STALL_THRESHOLD", DEFAULT_STALL_THRESHOLD),
+            producer_interval=env_float(env, "PRODUCER_INTERVAL", DEFAULT_PRODUCER_INTERVAL),
+            producer_batch=env_int(env, "PRODUCER_BATCH", DEFAULT_PRODUCER_BATCH),
+            max_token_sleep=env_float(env, "MAX_TOKEN_SLEEP", DEFAULT_MAX_TOKEN_SLEEP),
+            rate_scale=env_float(env, "RATE_SCALE", DEFAULT_RATE_SCALE) or DEFAULT_RATE_SCALE,
+            shutdown_grace=env_float(env, "SHUTDOWN_GRACE", DEFAULT_SHUTDOWN_GRACE),
+            dedup_ttl=env_float(env, "DEDUP_TTL", DEFAULT_DEDUP_TTL) or DEFAULT_DEDUP_TTL,
+            claim_block=env_float(env, "CLAIM_BLOCK", DEFAULT_CLAIM_BLOCK) or DEFAULT_CLAIM_BLOCK,
+            task_time_limit=env_float(env, "TASK_TIME_LIMIT", DEFAULT_TASK_TIME_LIMIT),
+            outage_backoff_max=env_float(env, "OUTAGE_BACKOFF_MAX", DEFAULT_OUTAGE_BACKOFF_MAX)
             or DEFAULT_OUTAGE_BACKOFF_MAX,
-            startup_timeout=_float(env, "STARTUP_TIMEOUT", DEFAULT_STARTUP_TIMEOUT),
+            startup_timeout=env_float(env, "STARTUP_TIMEOUT", DEFAULT_STARTUP_TIMEOUT),
         )
