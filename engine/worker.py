@@ -305,8 +305,13 @@ class Worker:
                 job.started = time.monotonic()
             try:
                 self._handle(job)
-            except BaseException:  # noqa: BLE001 - settling failed (Redis down): recovery will requeue the task
-                log.exception("could not settle %s %s", job.lease.task.task_type, job.lease.task.task_id)
+            except BaseException as exc:  # noqa: BLE001 - settling failed (Redis down): recovery will requeue the task
+                task = job.lease.task
+                if isinstance(exc, Exception) and self._claim_outage.is_outage(exc):
+                    log.warning("could not settle %s %s (%s); recovery will requeue it", task.task_type, task.task_id,
+                                describe(exc))
+                else:
+                    log.exception("could not settle %s %s", task.task_type, task.task_id)
                 self._finish([job])
             if job.expired:
                 return  # a fresh thread took this one's place when the task was given up
