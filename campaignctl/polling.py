@@ -43,7 +43,9 @@ from sqlalchemy import Connection, Engine, func, select, text
 from engine.env import env_float, env_int
 from engine.errors import Discard, Permanent, RateLimited, Transient
 from engine.identity import new_worker_id
+from engine.loop import Outage
 from engine.registry import Registry
+from engine.settings import DEFAULT_OUTAGE_BACKOFF_MAX
 from engine.task import Task
 from workflow.models import Campaign
 from workflow.states import EMAIL_SENDING, TASK_TYPES, Stage, Status, expected_position
@@ -55,6 +57,8 @@ log = logging.getLogger(__name__)
 DEFAULT_POLL_INTERVAL = 1.0
 #: Candidates read per poll.
 DEFAULT_POLL_BATCH = 20
+#: Wait before a stage that failed on a database/Redis outage is tried again (no attempt spent), in s.
+OUTAGE_RETRY_DELAY = 5.0
 #: First key of the two-key advisory locks, so ours never collide with another application's (int4).
 ADVISORY_LOCK_CLASS = 0x43450001
 
@@ -119,6 +123,7 @@ class PollingDispatcher:
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         batch: int = DEFAULT_POLL_BATCH,
         start_due: bool | None = None,
+        outage_backoff_max: float = DEFAULT_OUTAGE_BACKOFF_MAX,
     ) -> None:
         unknown = set(task_types) - set(registry.task_types)
         if unknown:
@@ -140,6 +145,9 @@ class PollingDispatcher:
         self._busy: set[int] = set()
         self._backoff: dict[tuple[int, str], _Backoff] = {}
         self.handled = 0
+        #: A poll failing (the database down): its backoff and its once-per-outage log lines.
+        self._poll_outage = Outage(f"polling worker {worker_id}: database", base=poll_interval,
+                                   cap=outage_backoff_max, is_outage=registry.is_outage, logger=log)
 
     # -- running ------------------------------------------------------------
 
@@ -164,13 +172,15 @@ class PollingDispatcher:
                     if claim_conn is None and self.postgres:
                         claim_conn = self.engine.connect()
                     did = self.poll_once(claim_conn)
-                except Exception:  # noqa: BLE001 - a lost database connection must not end the poller
-                    log.exception("poll failed; retrying")
+                    self._poll_outage.ok()
+                except Exception as exc:  # noqa: BLE001 - a lost database connection must not end the poller
                     if claim_conn is not None:
                         claim_conn.invalidate()
                         claim_conn.close()
                         claim_conn = None
-                    did = 0
+                    # One warning per outage (not a traceback per poll), backing off to OUTAGE_BACKOFF_MAX.
+                    self.stop_event.wait(self._poll_outage.failed(exc))
+                    continue
                 if did == 0:
                     if burst:
                         return
@@ -287,6 +297,11 @@ class PollingDispatcher:
             self._forget(key)
             return
         except Exception as exc:  # noqa: BLE001 - Transient, or unexpected (counts as transient)
+            if self.registry.is_outage(exc):
+                # The database or Redis is down: no attempt is spent (as the queue worker does); try again later.
+                log.info("campaign %s %s: deferred, a service is down: %s", campaign_id, task_type, exc)
+                self._defer(key, backoff, OUTAGE_RETRY_DELAY)
+                return
             if policy.exhausted(backoff.attempts):
                 kind = "transient" if isinstance(exc, Transient) else type(exc).__name__
                 self._dead(task, f"{kind} failure after {backoff.attempts + 1} attempts: {exc}", repr(exc))
@@ -362,6 +377,7 @@ def run_polling_worker(
         max_token_sleep=max_token_sleep,
         poll_interval=env_float(env, "POLL_INTERVAL", DEFAULT_POLL_INTERVAL, positive=True),
         batch=env_int(env, "POLL_BATCH", DEFAULT_POLL_BATCH, positive=True),
+        outage_backoff_max=env_float(env, "OUTAGE_BACKOFF_MAX", DEFAULT_OUTAGE_BACKOFF_MAX, positive=True),
     )
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):

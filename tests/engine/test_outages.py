@@ -414,3 +414,42 @@ def _dead_letters(client: redis.Redis, redis_url: str, key_prefix: str) -> int:
     queue = TaskQueue(client, EngineSettings(redis_url=redis_url, key_prefix=key_prefix), TASK_TYPES)
     return int(queue.stats()["dead_letters"])
 
+
+
+def test_polling_worker_rides_out_a_postgres_restart_without_spending_attempts(
+        own_pg: PostgresServer, db: tuple[str, Engine], redis_url: str, key_prefix: str,
+        procs: Callable[..., Procs]) -> None:
+    """The feature flag's legacy dispatch keeps the same promise as the queue worker."""
+    url, engine = db
+    port = free_port()
+    svc = procs(DATABASE_URL=url, REDIS_URL=redis_url, KEY_PREFIX=key_prefix, SANDBOX_URL=f"http://127.0.0.1:{port}",
+                RATE_SCALE=str(SCALE), AUTO_APPROVE="1", DISPATCH_MODE="polling", POLL_INTERVAL="0.2")
+    store = CampaignStore(engine)
+    ids = new_campaigns(engine, 4)
+    # Given the sandbox (every call 0.2 s slower), the producer and one polling worker running the real stages
+    svc.start("sandbox", "sandbox", "--port", str(port), "--time-scale", str(SCALE), "--faults", "*:latency=0.2")
+    svc.wait_for("the sandbox", lambda: _sandbox_up(port))
+    svc.start("producer", "producer")
+    svc.start("worker", "--log-level", "INFO", "worker", "--concurrency", "4")
+
+    # When PostgreSQL stops as soon as the first stage result is stored, for a few seconds
+    svc.wait_for("the first stage to finish", lambda: _events(engine, "advance") >= 1)
+    own_pg.stop()
+    time.sleep(3.0)
+    svc.check_alive()
+    own_pg.start()
+
+    # Then every campaign is SENT, none failed, no attempt was spent on the outage
+    def all_sent() -> bool:
+        snaps = [store.get(cid) for cid in ids]
+        return all(s is not None and s.campaign_status is Status.SENT for s in snaps)
+
+    svc.wait_for("every campaign to be SENT", all_sent, timeout=60)
+    worker_log = svc.log("worker")
+    codes = svc.terminate()
+    print(f"--- worker:\n{worker_log}")
+    assert _events(engine, "fail") == 0 and store.counts()["campaigns"]["SENT"] == len(ids)
+    assert "attempt 1 failed" not in worker_log and "Traceback" not in worker_log
+    assert 1 <= len(_outage_lines(worker_log)) <= 3 and "working again" in worker_log
+    assert DB_PASSWORD not in worker_log
+    assert codes["worker"] == 0 and codes["producer"] == 0
