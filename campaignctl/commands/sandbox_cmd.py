@@ -9,6 +9,7 @@ port it got. Plan rates follow RATE_<API> like the engine's, scaled by
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import signal
 import sys
@@ -82,6 +83,11 @@ def _sandbox(args: argparse.Namespace) -> int:
                                  seed=args.seed, hang=args.hang_seconds or DEFAULT_HANG, rates=rates)
     except OSError as exc:
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    # Everything built so far (modules, the providers) lives as long as the process: keep it out of the
+    # collector's full passes. Without this a full collection walked ~100k objects; on a busy machine that
+    # froze every thread for up to 0.5 s, and the calls that queued meanwhile were then rate-checked back to
+    # back and answered 429 although the engine had paced them (docs/reliability.md, load test).
+    gc.freeze()
     # A plain flag, not a threading.Event: setting an Event from a signal handler can deadlock when the
     # signal lands while the main thread holds the Event's lock inside wait().
     stopping: list[int] = []
