@@ -123,6 +123,22 @@ def test_leftover_leases_and_reasonless_dead_letters_break_invariant_5() -> None
     assert invariants.check(_evidence(queues=q)).violations[5]
 
 
+def test_lease_bookkeeping_with_nothing_in_flight_breaks_invariant_5() -> None:
+    # A zombie's unfenced renewal re-adds a lease entry; its unfenced ack leaves the live holder's record behind.
+    stray = _evidence(redis_counts={"ready": 0, "in_flight": 0, "delayed": 0, "leases": 1, "locks": 0},
+                      lease_entries=["market_data:83cf8b8b"])
+    assert invariants.check(stray).violations[5]
+    held = _evidence(held_entries={"vm:25558:531a8e9c": ["active_listings:9adcd2d5"]})
+    assert invariants.check(held).violations[5]
+
+
+def test_a_throttled_call_is_reported_with_the_calls_before_it() -> None:
+    calls = [{"provider": "zillow", "t": t, "status": 200} for t in (100.0, 100.2, 100.31, 100.32)]
+    calls.append({"provider": "zillow", "t": 100.33, "status": 429})
+    context = invariants.throttle_context(calls, "zillow", 10 / 60, 60.0)
+    assert "429 at t=100.330s" in context and "-10.0" in context and "provider interval 100.0 ms" in context
+
+
 def test_an_email_after_the_unsubscribe_breaks_invariant_6() -> None:
     events = _path(1, SENT_PATH[:8] + [("unsubscribe", "UNSUBSCRIBED", "idle")])
     ev = _evidence(
@@ -160,6 +176,9 @@ def test_fault_specs_expand_and_merge() -> None:
     assert set(parse_fault_spec("*:5xx=0.3")) == set(invariants.PLAN_RATES)
     merged = parse_fault_spec(merge_fault_specs(["ses:429=0.5", "*:429=0.3,timeout=0.1"]))
     assert merged["ses"] == {"429": 0.5, "timeout": 0.1} and merged["zillow"] == {"429": 0.3, "timeout": 0.1}
+    # Seconds are not probabilities: a latency is never scaled down with them.
+    slow = parse_fault_spec(merge_fault_specs(["zillow:latency=1.5,5xx=0.9", "zillow:429=0.6"]))["zillow"]
+    assert slow["latency"] == 1.5 and slow["5xx"] + slow["429"] <= 1
 
 
 @settings(max_examples=50, deadline=None)
