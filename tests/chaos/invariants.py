@@ -357,9 +357,17 @@ def _leftovers(ev: Evidence, report: Report) -> None:
                       f"{ev.lease_entries[:5]} (a renewal or settle by a worker that lost the lease?)")
     if ev.lock_keys:
         report.add(5, f"{len(ev.lock_keys)} task_lock key(s) left: {ev.lock_keys[:5]}")
+    # A worker's held-task record outlives its lease in one case by design: the holder could not reach Redis
+    # to settle the task (an outage), the lease lapsed unrenewed after the visibility timeout, and recovery of
+    # a lapsed lease cannot name the holder (the lock expired with it; tests/engine/test_queue.py). So held
+    # records are judged only in examples where Redis never went away.
     for worker, members in sorted(ev.held_entries.items()):
-        report.add(5, f"worker {worker} is still recorded as holding {members[:5]} with nothing in flight "
-                      "(its lease was settled by another worker?)")
+        if "redis" in ev.servers_restarted:
+            report.notes.append(f"worker {worker} still recorded as holding {members[:3]} after a Redis outage "
+                                "(a lease that lapsed unsettled; not judged)")
+        else:
+            report.add(5, f"worker {worker} is still recorded as holding {members[:5]} with nothing in flight "
+                          "(its lease was settled by another worker?)")
     dl = ev.dead_letters
     entries = dl.get("dead_letters", dl.get("entries", dl.get("items"))) if isinstance(dl, dict) else dl
     if entries is None:
