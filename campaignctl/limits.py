@@ -18,7 +18,8 @@ from stages.settings import rate_limits as plan_limits
 #: Fraction of each provider's plan rate the engine grants. The provider counts
 #: arrivals, not grants: a call delayed after its token (GC, a busy core) can
 #: bunch up with the next one, so the engine stays a little under the plan.
-DEFAULT_RATE_HEADROOM = 0.9
+#: bench.pipeline at x30: 0.98 -> 0.96 of the bound, zero 429s; 0.97 -> 0.94.
+DEFAULT_RATE_HEADROOM = 0.98
 
 
 def rate_limits(env: Mapping[str, str]) -> dict[str, Limit]:

@@ -58,7 +58,7 @@ def test_workers_and_limits_json(env: EngineSettings, redis_client: redis.Redis,
     assert [(w["id"], w["alive"]) for w in workers] == [("h:1:ab", True), ("h:2:cd", False)]
     limits = _json(capsys, "limits", "--json")["limits"]  # type: ignore[index]
     assert set(limits) == {"zillow", "zillow56", "rentcast", "bedrock", "email_verification", "ses"}
-    assert limits["zillow"]["rate"] == pytest.approx(0.5 * 0.9)  # RATE_ZILLOW=30/min, run at the default 0.9 headroom
+    assert limits["zillow"]["rate"] == pytest.approx(0.5 * 0.98)  # RATE_ZILLOW=30/min, run at the default 0.98 headroom
     assert set(limits["zillow"]) >= {"rate", "burst", "tokens", "paused_until"}
     assert limits["zillow"]["tokens"] == 1.0 and limits["zillow"]["paused_until"] is None
     assert main(["workers"]) == 0 and main(["limits"]) == 0
