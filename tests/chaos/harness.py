@@ -65,7 +65,10 @@ CHAOS_TIMERS: dict[str, str] = {
     "RECOVERY_INTERVAL": "0.5",
     "STALL_THRESHOLD": "4",
     "PRODUCER_INTERVAL": "0.5",
-    "VISIBILITY_TIMEOUT": "60",
+    # A lease a worker could not settle (Redis was down) lapses after this and recovery requeues it: every
+    # example with such an outage waits that long to come to rest. Long enough that a zombie's stray lease
+    # entry (a broken fence) is still there when the run rests, a few seconds after the zombie wakes.
+    "VISIBILITY_TIMEOUT": "30",
     "MAX_TOKEN_SLEEP": "2",
     "SHUTDOWN_GRACE": "5",
     # Every provider at 10/min, so 10/s at the suite's time scale: 100 ms between grants. At the plan
