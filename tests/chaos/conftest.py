@@ -31,7 +31,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The 1,000-campaign load test runs only with CHAOS_LOAD=1 (it takes ~7 min on 2 cores: over CI's budget).
+    """The 1,000-campaign load test runs only with CHAOS_LOAD=1 (~3-4 min on 2 cores, too much for CI on top of the rest).
 
     It is deselected, not skipped: a run without CHAOS_LOAD never claims it passed.
     """

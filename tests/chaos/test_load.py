@@ -5,7 +5,7 @@ campaigns per minute it achieved against the bound the slowest provider sets
 (a ratio, never asserted: timing depends on the machine).
 
 The test is marked ``slow`` and runs only with CHAOS_LOAD=1 (tests/chaos/conftest.py
-deselects it otherwise: ~7 minutes on 2 cores, over the CI budget). Sizes come from the environment so a long run and
+deselects it otherwise: ~3-4 minutes on 2 cores, too much for CI on top of the rest). Sizes come from the environment so a long run and
 CI use the same code: LOAD_CAMPAIGNS (1000), LOAD_WORKERS (6), LOAD_TIME_SCALE
 (120: Zillow's 10/min becomes 20/s), LOAD_KILL_EVERY (seconds between kills, 3).
 """
