@@ -300,17 +300,7 @@ class CampaignStore:
             values["last_error"] = None
         elif trigger in ("mark_sent", "resolve_sent"):
             values["next_run_at"] = now + self.cycle
-        changed = conn.execute(
-            update(campaigns)
-            .where(
-                campaigns.c.id == before.id,
-                campaigns.c.version == before.version,
-                campaigns.c.campaign_status == before.campaign_status.value,
-                campaigns.c.processing_stage == before.processing_stage.value,
-            )
-            .values(**values)
-        ).rowcount
-        if changed != 1:
+        if _compare_and_set(conn, before, values) != 1:
             return None
         after = attrs.evolve(
             before,
@@ -367,23 +357,15 @@ class CampaignStore:
                     )
                     event_rows.append(_event_row(current, nxt, trigger, None, worker_id, "due", now))
                     current = nxt
-                changed = conn.execute(
-                    update(campaigns)
-                    .where(
-                        campaigns.c.id == before.id,
-                        campaigns.c.version == before.version,
-                        campaigns.c.campaign_status == before.campaign_status.value,
-                    )
-                    .values(
-                        campaign_status=current.campaign_status.value,
-                        processing_stage=current.processing_stage.value,
-                        version=current.version,
-                        run_id=current.run_id,
-                        last_error=None,
-                        updated_at=now,
-                        **legacy_columns(current.campaign_status, current.processing_stage),
-                    )
-                ).rowcount
+                changed = _compare_and_set(conn, before, {
+                    "campaign_status": current.campaign_status.value,
+                    "processing_stage": current.processing_stage.value,
+                    "version": current.version,
+                    "run_id": current.run_id,
+                    "last_error": None,
+                    "updated_at": now,
+                    **legacy_columns(current.campaign_status, current.processing_stage),
+                })
                 if changed == 1:
                     started.append(current)
                 else:
@@ -395,6 +377,20 @@ class CampaignStore:
     def save_stage_result(self, conn: Connection, campaign_id: int, run_id: int, stage: str, data: Any) -> None:
         """Upsert the result of (campaign, run, stage): a re-run overwrites, never adds a row."""
         upsert_stage_result(conn, campaign_id, run_id, stage, data)
+
+
+def _compare_and_set(conn: Connection, before: Snapshot, values: dict[str, Any]) -> int:
+    """UPDATE the campaign only if it is still exactly where ``before`` saw it; the rows changed (0 or 1)."""
+    return conn.execute(
+        update(campaigns)
+        .where(
+            campaigns.c.id == before.id,
+            campaigns.c.version == before.version,
+            campaigns.c.campaign_status == before.campaign_status.value,
+            campaigns.c.processing_stage == before.processing_stage.value,
+        )
+        .values(**values)
+    ).rowcount
 
 
 def upsert_stage_result(conn: Connection, campaign_id: int, run_id: int, stage: str, data: Any) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.chaos.schedule import Schedule
-from tests.servers import PostgresServer, ServerUnavailable
+from tests.servers import PostgresServer, serve_or_fail
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -51,9 +51,4 @@ def chaos_replay(request: pytest.FixtureRequest) -> Schedule | None:
 
 @pytest.fixture(scope="session")
 def chaos_pg() -> Iterator[PostgresServer]:
-    try:
-        server = PostgresServer().start()
-    except ServerUnavailable as exc:
-        pytest.fail(str(exc), pytrace=False)
-    yield server
-    server.cleanup()
+    yield from serve_or_fail(PostgresServer)

@@ -32,7 +32,7 @@ from engine.queue import TaskQueue
 from engine.registry import Registry
 from engine.retry import OutageBackoff
 from engine.settings import EngineSettings
-from tests.servers import PostgresServer, RedisServer, ServerUnavailable, free_port
+from tests.servers import PostgresServer, RedisServer, free_port, serve_or_fail
 from tests.workflow.helpers import new_campaigns
 from workflow.db import make_engine
 from workflow.models import Base, CampaignEvent
@@ -54,12 +54,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 @pytest.fixture(scope="module")
 def own_pg() -> Iterator[PostgresServer]:
     """A PostgreSQL server only this module uses: the tests stop and start it."""
-    try:
-        server = PostgresServer().start()
-    except ServerUnavailable as exc:
-        pytest.fail(str(exc), pytrace=False)
-    yield server
-    server.cleanup()
+    yield from serve_or_fail(PostgresServer)
 
 
 @pytest.fixture
@@ -360,8 +355,7 @@ def test_worker_defers_tasks_through_a_postgres_restart_without_spending_attempt
     store = CampaignStore(engine)
     ids = new_campaigns(engine, 4)
     # Given the sandbox (every call 0.2 s slower), producer, recovery and one worker running the real stages
-    svc.start("sandbox", "sandbox", "--port", str(port), "--time-scale", str(SCALE), "--faults", "*:latency=0.2")
-    svc.wait_for("the sandbox", lambda: _sandbox_up(port))
+    _start_slow_sandbox(svc, port)
     svc.start("producer", "producer")
     svc.start("recovery", "recovery")
     svc.start("worker", "--log-level", "INFO", "worker", "--concurrency", "4")
@@ -375,11 +369,7 @@ def test_worker_defers_tasks_through_a_postgres_restart_without_spending_attempt
     own_pg.start()
 
     # Then every campaign is SENT: no ERROR, no dead letter, no retry attempt spent on the outage
-    def all_sent() -> bool:
-        snaps = [store.get(cid) for cid in ids]
-        return all(s is not None and s.campaign_status is Status.SENT for s in snaps)
-
-    svc.wait_for("every campaign to be SENT", all_sent, timeout=60)
+    svc.wait_for("every campaign to be SENT", lambda: _all_sent(store, ids), timeout=60)
     worker_log = svc.log("worker")
     codes = svc.terminate()
     print(f"--- worker:\n{worker_log}\n--- recovery:\n{svc.log('recovery')}\n--- producer:\n{svc.log('producer')}")
@@ -392,6 +382,17 @@ def test_worker_defers_tasks_through_a_postgres_restart_without_spending_attempt
     assert 1 <= len(_outage_lines(worker_log)) <= 2 and "working again" in worker_log
     assert DB_PASSWORD not in worker_log
     assert codes["worker"] == 0 and codes["producer"] == 0 and codes["recovery"] == 0
+
+
+def _start_slow_sandbox(svc: Procs, port: int) -> None:
+    """The simulated providers, every call 0.2 s slower (so an outage lands in the middle of stage work)."""
+    svc.start("sandbox", "sandbox", "--port", str(port), "--time-scale", str(SCALE), "--faults", "*:latency=0.2")
+    svc.wait_for("the sandbox", lambda: _sandbox_up(port))
+
+
+def _all_sent(store: CampaignStore, ids: list[int]) -> bool:
+    snaps = [store.get(cid) for cid in ids]
+    return all(s is not None and s.campaign_status is Status.SENT for s in snaps)
 
 
 def _sandbox_up(port: int) -> bool:
@@ -427,8 +428,7 @@ def test_polling_worker_rides_out_a_postgres_restart_without_spending_attempts(
     store = CampaignStore(engine)
     ids = new_campaigns(engine, 4)
     # Given the sandbox (every call 0.2 s slower), the producer and one polling worker running the real stages
-    svc.start("sandbox", "sandbox", "--port", str(port), "--time-scale", str(SCALE), "--faults", "*:latency=0.2")
-    svc.wait_for("the sandbox", lambda: _sandbox_up(port))
+    _start_slow_sandbox(svc, port)
     svc.start("producer", "producer")
     svc.start("worker", "--log-level", "INFO", "worker", "--concurrency", "4")
 
@@ -440,11 +440,7 @@ def test_polling_worker_rides_out_a_postgres_restart_without_spending_attempts(
     own_pg.start()
 
     # Then every campaign is SENT, none failed, no attempt was spent on the outage
-    def all_sent() -> bool:
-        snaps = [store.get(cid) for cid in ids]
-        return all(s is not None and s.campaign_status is Status.SENT for s in snaps)
-
-    svc.wait_for("every campaign to be SENT", all_sent, timeout=60)
+    svc.wait_for("every campaign to be SENT", lambda: _all_sent(store, ids), timeout=60)
     worker_log = svc.log("worker")
     codes = svc.terminate()
     print(f"--- worker:\n{worker_log}")
