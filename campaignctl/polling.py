@@ -43,7 +43,7 @@ from sqlalchemy import Connection, Engine, func, select, text
 from engine.env import env_float, env_int
 from engine.errors import Discard, Permanent, RateLimited, Transient
 from engine.identity import new_worker_id
-from engine.loop import Outage
+from engine.loop import FIRST_RETRY, Outage
 from engine.registry import Registry
 from engine.settings import DEFAULT_OUTAGE_BACKOFF_MAX
 from engine.task import Task
@@ -57,8 +57,6 @@ log = logging.getLogger(__name__)
 DEFAULT_POLL_INTERVAL = 1.0
 #: Candidates read per poll.
 DEFAULT_POLL_BATCH = 20
-#: Wait before a stage that failed on a database/Redis outage is tried again (no attempt spent), in s.
-OUTAGE_RETRY_DELAY = 5.0
 #: First key of the two-key advisory locks, so ours never collide with another application's (int4).
 ADVISORY_LOCK_CLASS = 0x43450001
 
@@ -148,6 +146,10 @@ class PollingDispatcher:
         #: A poll failing (the database down): its backoff and its once-per-outage log lines.
         self._poll_outage = Outage(f"polling worker {worker_id}: database", base=poll_interval,
                                    cap=outage_backoff_max, is_outage=registry.is_outage, logger=log)
+        #: Stages failing on an outage: deferred with the backoff the queue worker uses, no attempt spent.
+        self._task_outage = Outage(f"polling worker {worker_id}: a service the handlers need", base=FIRST_RETRY,
+                                   cap=outage_backoff_max, is_outage=registry.is_outage, logger=log,
+                                   consequence="deferring their stages without spending attempts, with backoff")
 
     # -- running ------------------------------------------------------------
 
@@ -298,9 +300,7 @@ class PollingDispatcher:
             return
         except Exception as exc:  # noqa: BLE001 - Transient, or unexpected (counts as transient)
             if self.registry.is_outage(exc):
-                # The database or Redis is down: no attempt is spent (as the queue worker does); try again later.
-                log.info("campaign %s %s: deferred, a service is down: %s", campaign_id, task_type, exc)
-                self._defer(key, backoff, OUTAGE_RETRY_DELAY)
+                self._defer(key, backoff, self._task_outage.failed(exc))
                 return
             if policy.exhausted(backoff.attempts):
                 kind = "transient" if isinstance(exc, Transient) else type(exc).__name__
@@ -312,6 +312,7 @@ class PollingDispatcher:
                 self._defer(key, attrs.evolve(backoff, attempts=backoff.attempts + 1), delay)
             return
         self._forget(key)
+        self._task_outage.ok()
         self.handled += 1
 
     def _defer(self, key: tuple[int, str], backoff: _Backoff, seconds: float) -> None:
