@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import logging
-import re
 
 import redis
 
+from engine.redact import redact_url
 from engine.settings import EngineSettings
 
 log = logging.getLogger(__name__)
 
-_PASSWORD_IN_URL = re.compile(r"(?<=://)([^:@/]*):([^@/]*)@")
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password replaced, for logs and error messages."""
-    return _PASSWORD_IN_URL.sub(lambda m: f"{m.group(1)}:***@", url)
 
 
 def connect(settings: EngineSettings, *, check: bool = True) -> redis.Redis:

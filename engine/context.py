@@ -63,9 +63,9 @@ class TaskContext:
         if self._limiter is not None:
             self._limiter.pause(api, seconds)
 
-    def enqueue(self, task_type: str, campaign_id: int) -> Task | None:
+    def enqueue(self, task_type: str, campaign_id: int, run_id: int | None = None) -> Task | None:
         """A dedup'ed follow-up task (None when one is already live)."""
-        return self._queue.enqueue(task_type, campaign_id)
+        return self._queue.enqueue(task_type, campaign_id, run_id=run_id)
 
     def heartbeat(self) -> bool:
         """Renew this task's lease now (the worker renews it every heartbeat anyway); False if lost."""

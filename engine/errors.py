@@ -101,7 +101,7 @@ def describe(exc: BaseException) -> str:
     its parameters (campaign data) after it, which a log line must not carry.
     A wrapper's "(driver.Error) text" (SQLAlchemy's) names the driver's class instead of the wrapper's.
     """
-    from engine.queue import redact
+    from engine.redact import redact
 
     text = str(exc).strip().split("\n", 1)[0].split("[SQL:", 1)[0].strip()
     wrapped = re.match(r"\(([A-Za-z_][\w.]*)\) (.*)", text)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 import uuid
 from collections.abc import Collection, Iterable, Sequence
@@ -22,6 +21,7 @@ from typing import Any
 import attrs
 import redis
 
+from engine.redact import redact
 from engine.keys import Keys, split_task_key, task_key
 from engine.scripts import Scripts
 from engine.settings import EngineSettings
@@ -33,15 +33,6 @@ log = logging.getLogger(__name__)
 MAX_ERROR_CHARS = 2000
 #: Most due tasks moved per delayed set by one promotion call.
 PROMOTE_BATCH = 500
-
-_SECRET_PARAM = re.compile(r"(?i)\b(api[_-]?key|apikey|key|token|password|secret|signature)=([^&\s\"']+)")
-_URL_PASSWORD = re.compile(r"(?<=://)([^:@/\s]*):([^@/\s]*)@")
-
-
-def redact(text: str) -> str:
-    """Mask credentials in URLs and query strings before an error is stored or logged."""
-    text = _URL_PASSWORD.sub(lambda m: f"{m.group(1)}:***@", text)
-    return _SECRET_PARAM.sub(lambda m: f"{m.group(1)}=***", text)
 
 
 @attrs.frozen
@@ -102,14 +93,14 @@ class TaskQueue:
 
     # -- enqueue ------------------------------------------------------------------
 
-    def enqueue(self, task_type: str, campaign_id: int, delay: float = 0.0) -> Task | None:
+    def enqueue(self, task_type: str, campaign_id: int, delay: float = 0.0, *, run_id: int | None = None) -> Task | None:
         """Add a task; None when (task_type, campaign_id) already has a live one."""
-        task = Task.new(task_type, campaign_id)
+        task = Task.new(task_type, campaign_id, run_id)
         return task if self._enqueue(task, delay) else None
 
-    def enqueue_many(self, pairs: Iterable[tuple[str, int]]) -> list[Task | None]:
-        """Enqueue several (task_type, campaign_id) in one round trip; None where one was live."""
-        tasks = [Task.new(t, cid) for t, cid in pairs]
+    def enqueue_many(self, items: Iterable[tuple[str, int] | tuple[str, int, int | None]]) -> list[Task | None]:
+        """Enqueue several (task_type, campaign_id[, run_id]) in one round trip; None where one was live."""
+        tasks = [Task.new(*item) for item in items]
         if not tasks:
             return []
         pipe = self.redis.pipeline(transaction=False)

@@ -83,7 +83,7 @@ class EngineSettings:
     startup_timeout: float = DEFAULT_STARTUP_TIMEOUT
 
     def __repr__(self) -> str:
-        from engine.connection import redact_url
+        from engine.redact import redact_url
 
         fields = attrs.asdict(self)
         fields["redis_url"] = redact_url(self.redis_url)

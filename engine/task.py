@@ -22,6 +22,8 @@ REQUIRED_FIELDS: dict[str, type | tuple[type, ...]] = {
 OPTIONAL_FIELDS: dict[str, type | tuple[type, ...]] = {
     #: Times this task's lease lapsed or its worker died while holding it.
     "lease_losses": int,
+    #: The application's run this task belongs to (a campaign's run_id); a stale task sees another run.
+    "run_id": int,
 }
 #: Longest payload accepted, in bytes; anything larger is garbage, not a task.
 MAX_PAYLOAD_BYTES = 4096
@@ -44,15 +46,12 @@ class Task:
     retry_count: int = 0
     enqueued_at: float = attrs.field(factory=time.time)
     lease_losses: int = 0
+    #: None for payloads made before run ids existed (still accepted): nothing to compare then.
+    run_id: int | None = None
 
     @classmethod
-    def new(cls, task_type: str, campaign_id: int) -> Task:
-        return cls(task_id=uuid.uuid4().hex, campaign_id=campaign_id, task_type=task_type)
-
-    @property
-    def dedup_key(self) -> str:
-        """At most one live task per (task type, campaign)."""
-        return f"{self.task_type}:{self.campaign_id}"
+    def new(cls, task_type: str, campaign_id: int, run_id: int | None = None) -> Task:
+        return cls(task_id=uuid.uuid4().hex, campaign_id=campaign_id, task_type=task_type, run_id=run_id)
 
     def to_json(self) -> str:
         data: dict[str, Any] = {
@@ -64,6 +63,8 @@ class Task:
         }
         if self.lease_losses:
             data["lease_losses"] = self.lease_losses
+        if self.run_id is not None:
+            data["run_id"] = self.run_id
         return json.dumps(data, separators=(",", ":"))
 
     @classmethod
@@ -85,12 +86,13 @@ class Task:
         if type(data) is dict and data.keys() <= _FIELDS:
             task_id, campaign_id, task_type = data.get("task_id"), data.get("campaign_id"), data.get("task_type")
             retry_count, enqueued_at = data.get("retry_count"), data.get("enqueued_at")
-            lease_losses = data.get("lease_losses", 0)
+            lease_losses, run_id = data.get("lease_losses", 0), data.get("run_id")
             if (type(task_id) is str and 0 < len(task_id) <= 64 and type(campaign_id) is int and campaign_id > 0
                     and type(task_type) is str and type(retry_count) is int and retry_count >= 0
-                    and type(enqueued_at) in (int, float) and type(lease_losses) is int
+                    and type(enqueued_at) in (int, float) and type(lease_losses) is int and lease_losses >= 0
+                    and (run_id is None or (type(run_id) is int and run_id >= 0))
                     and (task_types is None or task_type in task_types)):
-                return cls(task_id, campaign_id, task_type, retry_count, float(enqueued_at), lease_losses)
+                return cls(task_id, campaign_id, task_type, retry_count, float(enqueued_at), lease_losses, run_id)
         if not isinstance(data, dict):
             raise MalformedTask(f"payload is a JSON {type(data).__name__}, not an object")
         for name, kind in REQUIRED_FIELDS.items():
@@ -109,6 +111,10 @@ class Task:
             raise MalformedTask(f"campaign_id must be positive, got {data['campaign_id']}")
         if data["retry_count"] < 0:
             raise MalformedTask(f"retry_count must not be negative, got {data['retry_count']}")
+        if data.get("lease_losses", 0) < 0:
+            raise MalformedTask(f"lease_losses must not be negative, got {data['lease_losses']}")
+        if data.get("run_id", 0) < 0:
+            raise MalformedTask(f"run_id must not be negative, got {data['run_id']}")
         if task_types is not None and data["task_type"] not in task_types:
             raise MalformedTask(f"unknown task type {data['task_type']!r}")
         return cls(
@@ -118,6 +124,7 @@ class Task:
             retry_count=data["retry_count"],
             enqueued_at=float(data["enqueued_at"]),
             lease_losses=data.get("lease_losses", 0),
+            run_id=data.get("run_id"),
         )
 
 

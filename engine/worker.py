@@ -41,7 +41,8 @@ from engine.context import TaskContext
 from engine.errors import Discard, Permanent, RateLimited, describe
 from engine.identity import new_worker_id
 from engine.loop import FIRST_RETRY, Outage
-from engine.queue import Lease, TaskQueue, redact
+from engine.queue import Lease, TaskQueue
+from engine.redact import redact
 from engine.ratelimit import RateLimiter
 from engine.registry import Registry
 from engine.settings import EngineSettings

@@ -13,17 +13,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from engine import errors as engine_errors
+from engine.redact import redact as engine_redact
 
 #: Longest provider text kept in an error message, in characters.
 MAX_DETAIL = 300
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
-    """``text`` with every secret replaced by ``***`` and cut to MAX_DETAIL characters."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    text = " ".join(text.split())
+    """``text`` with every secret masked (engine.redact) on one line, cut to MAX_DETAIL characters."""
+    text = " ".join(engine_redact(text, secrets).split())
     return text if len(text) <= MAX_DETAIL else text[: MAX_DETAIL - 1] + "…"
 
 

@@ -93,7 +93,7 @@ def _services_up(ctx: Any, args: argparse.Namespace, stop: Any) -> bool:
     the reason. URLs are logged with their credentials masked.
     """
     from campaignctl import wiring
-    from engine.connection import redact_url
+    from engine.redact import redact_url
     from engine.errors import describe
     from engine.loop import wait_until_up
 

@@ -397,7 +397,7 @@ def _enqueue(ctx: AppContext, jobs: Sequence[tuple[int, str]], done: str) -> lis
     """
     import redis
 
-    from engine.connection import redact_url
+    from engine.redact import redact_url
 
     try:
         from engine.queue import TaskQueue
