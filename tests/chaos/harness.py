@@ -84,8 +84,14 @@ CHAOS_TIMERS: dict[str, str] = {
     "VISIBILITY_TIMEOUT": "30",
     "MAX_TOKEN_SLEEP": "2",
     "SHUTDOWN_GRACE": "5",
-    # Polling workers (schedules with polling_workers): poll often, so they compete with the queue workers.
+    # Polling workers (schedules with polling_workers): poll often, so they compete with the queue workers;
+    # a killed poller's claims lapse within an example.
     "POLL_INTERVAL": "0.2",
+    "POLL_LEASE": "10",
+    # A second sender defers until the first sender's intent lease ends (or the first records its outcome):
+    # longer than the SES timeout (2 s) plus an injected latency (1 s) and the record, short enough that a
+    # deferred duplicate does not hold an example for a minute.
+    "SEND_INTENT_LEASE": "6",
     # Every provider at 10/min, so 10/s at the suite's time scale: 100 ms between grants. At the plan
     # rates SES would run at 600/s, where 1.7 ms of scheduling jitter between the engine's grant and the
     # sandbox's clock already trips the sandbox's bucket (docs/reliability.md, findings).
