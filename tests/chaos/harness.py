@@ -1,9 +1,12 @@
 """A small supervisor that runs the whole system as separate OS processes and breaks it on schedule.
 
-One ``Cluster`` owns, for one chaos example: a fresh redis-server (AOF on), a
-fresh database on the suite's PostgreSQL server, the sandbox, a producer,
-several workers and recovery, each started through the real ``campaignctl``
-command with the same environment an operator would give it. A supervisor
+One ``Cluster`` owns, for one chaos example: a fresh redis-server (AOF on)
+behind a TCP proxy that plays its endpoint (tests/chaos/proxy.py; a replica
+too when the schedule fails Redis over), a fresh database on the suite's
+PostgreSQL server, the sandbox, a producer, one or two recovery processes,
+several queue workers and optionally a polling worker, each started through
+the real ``campaignctl`` command with the same environment an operator would
+give it. A supervisor
 thread restarts any of those that exits (after a short back-off, as systemd
 or Kubernetes would), so a SIGKILL is followed by a new process with a new
 worker id, never by a resurrected one.
@@ -12,7 +15,9 @@ Faults are applied by ``run_schedule`` at their time; afterwards everything
 is put back (stopped workers continued, provider faults cleared, servers up)
 and ``wait_for_rest`` waits until the database and Redis are quiet. Nothing
 here decides whether the run was correct: ``collect`` gathers the evidence and
-``invariants.check`` judges it.
+``invariants.check`` judges it. A sampler thread reads every task payload in
+Redis a few times a second during the run, so the evidence includes the
+highest retry_count each task ever carried, not only what is left at rest.
 """
 
 from __future__ import annotations
