@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 ReconcileSource = Callable[[], Iterable[tuple[Any, ...]]]
 #: Campaigns enqueued per round trip by reconcile.
 RECONCILE_BATCH = 500
+#: Reconcile sweeps once every this many recovery intervals (it reads the database; the rest reads Redis only).
+RECONCILE_EVERY = 4
 
 
 @attrs.define
@@ -282,13 +284,13 @@ class Recovery(ServiceLoop):
 
 
 class _Reconciler(ServiceLoop):
-    """Recovery's reconcile sweep as a loop of its own (same interval, same stop flag)."""
+    """Recovery's reconcile sweep as a loop of its own (every RECONCILE_EVERY recovery intervals, same stop flag)."""
 
     name = "reconcile"
 
     def __init__(self, recovery: Recovery) -> None:
         settings = recovery.settings
-        super().__init__(settings.recovery_interval, backoff_max=settings.outage_backoff_max,
+        super().__init__(settings.recovery_interval * RECONCILE_EVERY, backoff_max=settings.outage_backoff_max,
                          is_outage=recovery.outage.is_outage, stop=recovery._stop)
         self.recovery = recovery
 

@@ -19,8 +19,9 @@ DEFAULT_HEARTBEAT_INTERVAL = 2.0
 DEFAULT_LIVENESS_TTL = 10.0
 #: A task that lost its lease this many times is dead-lettered (crash loop, poison pill).
 DEFAULT_MAX_LEASE_LOSSES = 5
-#: Pause between two passes of the recovery loop, in s.
-DEFAULT_RECOVERY_INTERVAL = 2.0
+#: Pause between two passes of the recovery loop (dead workers, lapsed leases, due retries), in s.
+#: A pass is a handful of round trips; 0.5 s keeps a crashed worker's tasks waiting under a second.
+DEFAULT_RECOVERY_INTERVAL = 0.5
 #: A PROCESSING/READY_TO_SEND campaign unchanged this long with no live task is re-enqueued, in s.
 DEFAULT_STALL_THRESHOLD = 60.0
 #: Pause between two passes of the producer loop, in s.
