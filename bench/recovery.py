@@ -13,8 +13,10 @@ three at the same time (they only sleep, so they do not compete for CPU):
 4. we wait up to ``--wait`` s for each task to start again on another process.
 
 Ours runs with every timer at its default, the visibility timeout included
-(5 min): recovery does not wait for it, because a worker's liveness key
-(LIVENESS_TTL, 10 s) says it died. Celery runs with ``acks_late`` and
+(5 min): recovery does not wait for it, nor for the worker's liveness key
+(LIVENESS_TTL, 10 s): the worker named its Redis connections with its id,
+and once none of them is left (the kernel closed them with the process)
+recovery judges it dead on its next pass (RECOVERY_INTERVAL, 0.5 s). Celery runs with ``acks_late`` and
 ``task_reject_on_worker_lost`` (its at-least-once setting) on the Redis
 broker, whose own visibility timeout (1 h by default) decides redelivery.
 Dramatiq's Redis broker requeues the messages of a worker whose heartbeat is
@@ -102,11 +104,14 @@ def run_engine(url: str, tasks: int, wait: float, out: Outcome) -> None:
         queue.enqueue("hold", cid)
     cmd = lambda: common.python_module("bench.peers.engine_app", "worker", "--types", "hold",  # noqa: E731
                                        "--concurrency", str(tasks))
+    # Recovery runs in every deployment, long before a crash: it judges nobody dead during its first
+    # LIVENESS_TTL (it gives the workers one TTL to beat), so it starts first and has watched for that long.
+    recovery = common.spawn(common.python_module("bench.peers.engine_app", "recovery"), env=env)
+    time.sleep(settings.liveness_ttl)
     victim = common.spawn(cmd(), env=env)
 
     def survivors() -> list:
-        return [common.spawn(cmd(), env=env),
-                common.spawn(common.python_module("bench.peers.engine_app", "recovery"), env=env)]
+        return [common.spawn(cmd(), env=env), recovery]
 
     _kill_and_watch(out, url, "engine", victim, survivors, wait)
 

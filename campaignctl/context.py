@@ -19,8 +19,11 @@ from workflow.store import CampaignStore
 
 
 class AppContext:
-    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, env: Mapping[str, str] | None = None, *, client_name: str | None = None) -> None:
         self.env: Mapping[str, str] = dict(os.environ if env is None else env)
+        #: CLIENT SETNAME of every Redis connection of this process (a worker's id: recovery then sees at
+        #: once when its process is gone). Set before ``redis`` is first used.
+        self.client_name = client_name
 
     @functools.cached_property
     def settings(self) -> EngineSettings:
@@ -40,4 +43,4 @@ class AppContext:
 
     @functools.cached_property
     def redis(self) -> redis.Redis:
-        return connect(self.settings)
+        return connect(self.settings, client_name=self.client_name)

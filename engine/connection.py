@@ -1,37 +1,68 @@
-"""One Redis client per process, from settings; warns when Redis could evict our keys."""
+"""One Redis client per process, from settings; warns when Redis could evict our keys.
+
+Every timeout and retry of the client is set here, explicitly, instead of
+being left to whatever the installed redis-py defaults to (5.x has no socket
+timeout, so a half-open connection would hang a heartbeat thread for good; 8.x
+retries on timeouts): a call without an answer fails after REDIS_SOCKET_TIMEOUT
+and is retried REDIS_RETRIES times with jittered exponential backoff. Retrying
+is safe because every script is replay-safe (engine/lua: client-made tokens,
+tombstones, operation ids). ``client_name`` names every pooled connection
+(CLIENT SETNAME), which lets recovery see at once that a worker's process is
+gone (engine.recovery).
+"""
 
 from __future__ import annotations
 
 import logging
 
 import redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
 
 from engine.redact import redact_url
-from engine.settings import EngineSettings
+from engine.settings import REDIS_RETRY_BACKOFF_CAP, EngineSettings
 
 log = logging.getLogger(__name__)
 
+#: First pause before retrying a failed Redis call, in s (doubles up to REDIS_RETRY_BACKOFF_CAP).
+REDIS_RETRY_BACKOFF_BASE = 0.05
 
 
-def connect(settings: EngineSettings, *, check: bool = True) -> redis.Redis:
-    """A client with decoded responses. ``rediss://`` URLs use TLS.
-
-    hiredis is picked up by redis-py automatically when installed.
-    """
-    kwargs: dict[str, object] = {
+def client_options(settings: EngineSettings, *, client_name: str | None = None) -> dict[str, object]:
+    """The keyword arguments every client of the engine is built with (also for RedisCluster later)."""
+    options: dict[str, object] = {
         "decode_responses": True,
-        "health_check_interval": 30,
-        "retry_on_timeout": True,
+        "socket_timeout": settings.redis_socket_timeout,
+        "socket_connect_timeout": settings.redis_connect_timeout,
+        "health_check_interval": settings.redis_health_check_interval,
+        "retry": Retry(ExponentialWithJitterBackoff(cap=REDIS_RETRY_BACKOFF_CAP, base=REDIS_RETRY_BACKOFF_BASE),
+                       settings.redis_retries),
+        "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
     }
+    if client_name:
+        options["client_name"] = client_name
     if not settings.redis_url.startswith("unix:"):
         # TCP only: redis-py 8 refuses the option for a unix socket (the embedded Redis of the demo).
-        kwargs["socket_keepalive"] = True
+        options["socket_keepalive"] = True
     if settings.redis_password:
-        kwargs["password"] = settings.redis_password
-    client = redis.Redis.from_url(settings.redis_url, **kwargs)
+        options["password"] = settings.redis_password
+    return options
+
+
+def connect(settings: EngineSettings, *, check: bool = True, client_name: str | None = None) -> redis.Redis:
+    """A client with decoded responses. ``rediss://`` URLs use TLS; hiredis is used when installed."""
+    client = redis.Redis.from_url(settings.redis_url, **client_options(settings, client_name=client_name))
     if check:
         warn_if_evicting(client)
     return client
+
+
+def connection_name(client: redis.Redis) -> str | None:
+    """The CLIENT SETNAME name of ``client``'s connections, or None when they are not named."""
+    pool = getattr(client, "connection_pool", None)
+    kwargs = getattr(pool, "connection_kwargs", None) or {}
+    name = kwargs.get("client_name")
+    return str(name) if name else None
 
 
 def warn_if_evicting(client: redis.Redis) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -35,9 +36,13 @@ class TaskContext:
         max_token_sleep: float,
         heartbeat: Callable[[], bool] | None = None,
         sleep: Callable[[float], object] | None = None,
+        attempt: str | None = None,
     ) -> None:
         self.task = task
         self.worker_id = worker_id
+        #: Unique to this lease of this task (the random part of its fencing token): names an owner
+        #: that a later attempt of the same task can tell apart (e.g. a send intent's owner).
+        self.attempt = attempt or secrets.token_hex(8)
         self._queue = queue
         self._limiter = limiter
         self._max_sleep = max_token_sleep

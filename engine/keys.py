@@ -13,18 +13,22 @@ Layout (P = key prefix):
 ``{P}:claiming:<worker>``          list    payloads a worker moved out of the ready lists and has
                                            not leased yet (phase 1 of the claim)
 ``{P}:inflight:<type>``            hash    task_id -> payload of leased tasks
-``{P}:task_lock:<task_id>``        string  the lease: ``<fence>:<worker>``, PX = visibility timeout
+``{P}:task_lock:<task_id>``        string  the lease: ``<token>:<worker>`` (token made by the worker), PX =
+                                           visibility timeout; after a settle a tombstone
+                                           ``~<verb>:<token>`` for the replay window
 ``{P}:leases``                     zset    ``<type>:<task_id>`` scored by lease deadline (ms)
 ``{P}:wtasks:<worker>``            set     ``<type>:<task_id>`` leased by that worker
-``{P}:fence``                      string  counter of fencing tokens
+``{P}:op:<op id>``                 string  answer of a lease-less operation, for the replay window
 ``{P}:delayed:<type>``             zset    payloads scored by due time (ms)
-``{P}:dedup:<type>:<campaign>``    string  task_id of the one live task of (type, campaign)
+``{P}:dedup:<type>:<campaign>``    string  task_id of the one live task of (type, campaign); no TTL:
+                                           it lives exactly as long as that task
 ``{P}:failed_tasks``               list    dead-letter entries (JSON)
 ``{P}:worker:<worker>``            string  liveness key, PX = liveness TTL
 ``{P}:workers``                    hash    worker id -> JSON info (host, pid, queues, ...)
 ``P:ratelimit:{<api>}:tokens``     string  tokens left in the bucket (float)
 ``P:ratelimit:{<api>}:last_refill`` string server time of the last refill (µs)
 ``P:ratelimit:{<api>}:paused_until`` string server time until which the bucket is shut (µs)
+``P:ratelimit:{<api>}:op:<op id>``  string  answer of a pause, for the replay window
 =================================  ======  ===============================================
 """
 
@@ -62,13 +66,12 @@ class Keys:
     def worker(self, worker_id: str) -> str:
         return f"{self.tag}:worker:{worker_id}"
 
+    def op(self, op_id: str) -> str:
+        return f"{self.tag}:op:{op_id}"
+
     @property
     def leases(self) -> str:
         return f"{self.tag}:leases"
-
-    @property
-    def fence(self) -> str:
-        return f"{self.tag}:fence"
 
     @property
     def failed(self) -> str:
@@ -79,7 +82,7 @@ class Keys:
         return f"{self.tag}:workers"
 
     def ratelimit(self, api: str, part: str) -> str:
-        """``part`` is ``tokens``, ``last_refill`` or ``paused_until``."""
+        """``part`` is ``tokens``, ``last_refill``, ``paused_until`` or ``op:<op id>``."""
         return f"{self.prefix}:ratelimit:{{{api}}}:{part}"
 
 

@@ -83,10 +83,6 @@ class Outage:
         self._kind: type[BaseException] | None = None
         self._warned_at = 0.0
 
-    @property
-    def failing(self) -> bool:
-        return self.backoff.since is not None
-
     def is_outage(self, exc: BaseException) -> bool:
         return is_outage(exc, self._test)
 

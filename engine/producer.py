@@ -2,9 +2,10 @@
 
 The source (the app passes one that calls ``store.start_due``) moves due
 campaigns to PROCESSING with a compare-and-set, so several producers never
-start a campaign twice. If a producer dies between the database update and
-the enqueue, recovery's reconcile finds the campaign stalled and enqueues it.
-A pass that fails (Redis or the database down) is retried with backoff by
+start a campaign twice. Redis is checked first, so no campaign is started
+while it is unreachable; if a producer dies (or Redis goes) between the
+database update and the enqueue, recovery's reconcile finds the campaign
+stalled and enqueues it. A pass that fails (Redis or the database down) is retried with backoff by
 engine.loop.ServiceLoop; the process never exits for it.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from engine.errors import OutageTest
 from engine.loop import ServiceLoop, StopFlag
@@ -20,8 +22,8 @@ from engine.settings import EngineSettings
 
 log = logging.getLogger(__name__)
 
-#: ``source(limit) -> [(task_type, campaign_id)]``: work that became due, already marked started.
-ProducerSource = Callable[[int], list[tuple[str, int]]]
+#: ``source(limit) -> [(task_type, campaign_id[, run_id])]``: work that became due, already marked started.
+ProducerSource = Callable[[int], list[tuple[Any, ...]]]
 
 
 class Producer(ServiceLoop):
@@ -47,6 +49,9 @@ class Producer(ServiceLoop):
         total = 0
         batch = max(1, self.settings.producer_batch)
         while not self.stopping:
+            # Redis must answer BEFORE campaigns are marked started: while it is down, a pass would move a
+            # batch to PROCESSING with no task each time (reconcile would mend it, but only after STALL_THRESHOLD).
+            self.queue.redis.ping()
             items = self.source(batch)
             if items:
                 total += sum(1 for t in self.queue.enqueue_many(items) if t is not None)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import time
 import uuid
 from collections.abc import Collection, Iterable, Sequence
@@ -37,12 +38,17 @@ PROMOTE_BATCH = 500
 
 @attrs.frozen
 class Lease:
-    """A task a worker holds: ``token`` is the lock value (``<fence>:<worker>``) that fences it."""
+    """A task a worker holds: ``token`` is the lock value (``<token>:<worker>``) that fences it."""
 
     task: Task
     payload: str
     token: str
     worker_id: str
+
+    @property
+    def attempt(self) -> str:
+        """The random part of the lock value: unique to this lease of this task."""
+        return self.token.split(":", 1)[0]
 
 
 @attrs.frozen
@@ -61,8 +67,45 @@ class Settled:
     entry: dict[str, Any] | None = None
 
 
+@attrs.frozen
+class Judgement:
+    """Recovery's verdict that a worker is dead, as the recovery scripts re-check it on the server.
+
+    ``liveness`` is the worker's liveness value read with the verdict ('' when
+    the key was gone: dead by LIVENESS_TTL; the value itself when its
+    connections were all gone: dead by CLIENT LIST). ``at_ms`` is the server
+    time of the reading; a script refuses a verdict older than ``max_age_ms``.
+    """
+
+    worker_id: str
+    liveness: str
+    at_ms: int
+    max_age_ms: int
+
+
+@attrs.frozen
+class AfterLoss:
+    """The one decision after a lost lease: ``requeue`` the task (one more lease loss) or ``dead``-letter it."""
+
+    action: str
+    task: Task
+    #: What goes where: the requeued payload, or the dead-letter entry as JSON.
+    push: str
+    entry: dict[str, Any] | None = None
+
+
 def _now() -> float:
     return time.time()
+
+
+def new_token() -> str:
+    """A fencing token: random, made by the client, so a replayed lease call finds its own lock."""
+    return secrets.token_hex(8)
+
+
+def new_op_id() -> str:
+    """An operation id for a lease-less script: its answer is kept under it for the replay window."""
+    return secrets.token_hex(8)
 
 
 class TaskQueue:
@@ -83,8 +126,8 @@ class TaskQueue:
         return max(1, int(self.settings.visibility_timeout * 1000))
 
     @property
-    def dedup_ms(self) -> int:
-        return max(1, int(self.settings.dedup_ttl * 1000))
+    def replay_ms(self) -> int:
+        return max(1, int(self.settings.replay_window * 1000))
 
     def server_ms(self) -> int:
         """The Redis server's clock in ms (every deadline is on this clock)."""
@@ -116,7 +159,7 @@ class TaskQueue:
         return self.scripts.enqueue(
             keys=[self.keys.queue(task.task_type), self.keys.delayed(task.task_type),
                   self.keys.dedup(task.task_type, task.campaign_id)],
-            args=[payload, task.task_id, max(0, int(delay * 1000)), self.dedup_ms],
+            args=[payload, task.task_id, max(0, int(delay * 1000))],
             client=client,
         )
 
@@ -148,25 +191,32 @@ class TaskQueue:
                 valid.append((raw, Task.from_json(raw, self.task_types)))
             except MalformedTask as exc:
                 entry = self.malformed_entry(raw, exc.reason, worker_id)
-                if self.scripts.reject(keys=[claiming, self.keys.failed], args=[raw, json.dumps(entry)]):
+                if self._reject(claiming, raw, entry):
                     log.warning("malformed payload dead-lettered: %s", exc.reason)
                     rejected.append(entry)
         if not valid:
             return Claim([], rejected)
-        keys = [claiming, self.keys.leases, self.keys.wtasks(worker_id), self.keys.fence]
-        args: list[Any] = [self.visibility_ms, worker_id]
+        keys = [claiming, self.keys.leases, self.keys.wtasks(worker_id)]
+        args: list[Any] = [self.visibility_ms]
+        values = []
         for raw, task in valid:
+            value = f"{new_token()}:{worker_id}"
+            values.append(value)
             keys += [self.keys.inflight(task.task_type), self.keys.task_lock(task.task_id)]
-            args += [raw, task.task_id, task.task_type]
-        tokens = self.scripts.lease(keys=keys, args=args)
+            args += [raw, task.task_id, task.task_type, value]
+        done = self.scripts.lease(keys=keys, args=args)
         leases = []
-        for (raw, task), token in zip(valid, tokens):
-            if token:
-                leases.append(Lease(task, raw, str(token), worker_id))
+        for (raw, task), value, ok in zip(valid, values, done):
+            if ok:
+                leases.append(Lease(task, raw, value, worker_id))
             else:
                 log.info("task %s %s not leased: taken by recovery or a duplicate of a live task",
                          task.task_type, task.task_id)
         return Claim(leases, rejected)
+
+    def _reject(self, claiming: str, raw: str, entry: dict[str, Any]) -> bool:
+        return bool(self.scripts.reject(keys=[claiming, self.keys.failed, self.keys.op(new_op_id())],
+                                        args=[raw, json.dumps(entry), self.replay_ms]))
 
     # -- settle (fenced) ------------------------------------------------------------
 
@@ -184,7 +234,7 @@ class TaskQueue:
             return []
         keys = self.keys
         lease_keys: list[str] = [keys.leases]
-        args: list[str] = []
+        args: list[Any] = [self.replay_ms]
         for lease in leases:
             task = lease.task
             lease_keys += [keys.task_lock(task.task_id), keys.inflight(task.task_type),
@@ -211,39 +261,71 @@ class TaskQueue:
         task = lease.task
         if lease_loss:
             task = attrs.evolve(task, lease_losses=task.lease_losses + 1)
-        return self._requeue(task, lease.token, lease.worker_id)
+        return self._release_as(lease, task)
+
+    def _release_as(self, lease: Lease, task: Task) -> bool:
+        return bool(self.scripts.requeue(
+            keys=[self.keys.task_lock(task.task_id), self.keys.inflight(task.task_type), self.keys.leases,
+                  self.keys.queue(task.task_type), self.keys.wtasks(lease.worker_id)],
+            args=[lease.token, task.task_id, task.task_type, task.to_json(), self.replay_ms],
+        ))
 
     def retry(self, lease: Lease, delay: float, *, spend_attempt: bool = True) -> bool:
-        """Into the delayed set, due in ``delay`` s; ``spend_attempt=False`` for rate-limit deferrals."""
+        """Into the delayed set, due in ``delay`` s; ``spend_attempt=False`` for deferrals (rate limit, outage)."""
         task = lease.task
         if spend_attempt:
             task = attrs.evolve(task, retry_count=task.retry_count + 1)
         return bool(self.scripts.retry(
             keys=[self.keys.task_lock(task.task_id), self.keys.inflight(task.task_type), self.keys.leases,
                   self.keys.delayed(task.task_type), self.keys.wtasks(lease.worker_id)],
-            args=[lease.token, task.task_id, task.task_type, task.to_json(), max(0, int(delay * 1000))],
+            args=[lease.token, task.task_id, task.task_type, task.to_json(), max(0, int(delay * 1000)),
+                  self.replay_ms],
         ))
 
     def dead_letter(self, lease: Lease, reason: str, error: str | None = None) -> dict[str, Any] | None:
         """Into the dead letters; returns the entry, or None when the lease was lost."""
         entry = self.task_entry(lease.task, reason, error, lease.worker_id)
-        done = self._dead_letter(lease.task, entry, lease.token, lease.worker_id)
-        return entry if done else None
+        return entry if self._dead_letter(lease, json.dumps(entry)) else None
 
-    def _requeue(self, task: Task, expected: str, holder: str | None) -> bool:
-        keys = [self.keys.task_lock(task.task_id), self.keys.inflight(task.task_type), self.keys.leases,
-                self.keys.queue(task.task_type)]
-        if holder:
-            keys.append(self.keys.wtasks(holder))
-        return bool(self.scripts.requeue(keys=keys, args=[expected, task.task_id, task.task_type, task.to_json()]))
+    def _dead_letter(self, lease: Lease, entry_json: str) -> bool:
+        task = lease.task
+        return bool(self.scripts.dead_letter(
+            keys=[self.keys.task_lock(task.task_id), self.keys.inflight(task.task_type), self.keys.leases,
+                  self.keys.failed, self.keys.dedup(task.task_type, task.campaign_id), self.keys.wtasks(lease.worker_id)],
+            args=[lease.token, task.task_id, task.task_type, entry_json, self.replay_ms],
+        ))
 
-    def _dead_letter(self, task: Task, entry: dict[str, Any], expected: str, holder: str | None) -> bool:
-        keys = [self.keys.task_lock(task.task_id), self.keys.inflight(task.task_type), self.keys.leases,
-                self.keys.failed, self.keys.dedup(task.task_type, task.campaign_id)]
-        if holder:
-            keys.append(self.keys.wtasks(holder))
-        return bool(self.scripts.dead_letter(keys=keys, args=[expected, task.task_id, task.task_type,
-                                                              json.dumps(entry)]))
+    # -- after a lost lease ----------------------------------------------------------
+
+    def after_lost_lease(self, task: Task, holder: str | None, why: str | None = None) -> AfterLoss:
+        """Requeue (one more lease loss, never an attempt) or dead-letter once it lost too many.
+
+        The one place this is decided: recovery (a lapsed lease, a dead
+        worker, a dead worker's claiming list) and the worker (a task given up
+        after its time limit, a handler still running after the shutdown grace)
+        all ask here. A lease lost to infrastructure (a crash, an outage, a
+        slow handler) is not the provider's failure: it counts in
+        ``lease_losses`` and leaves ``retry_count`` alone.
+        """
+        losses = task.lease_losses + 1
+        if losses > self.settings.max_lease_losses:
+            reason = (f"{why}; " if why else "") + f"lost its lease {losses} times: crash loop, hung handler or poison pill"
+            entry = self.task_entry(task, reason, None, holder)
+            return AfterLoss("dead", task, json.dumps(entry), entry)
+        moved = attrs.evolve(task, lease_losses=losses)
+        return AfterLoss("requeue", moved, moved.to_json())
+
+    def give_up(self, lease: Lease, why: str) -> AfterLoss | None:
+        """The holder gives up its own task as a lease loss (time limit, shutdown): requeue or dead-letter.
+
+        Fenced like every settle; None when the lease was already lost.
+        """
+        decision = self.after_lost_lease(lease.task, lease.worker_id, why)
+        if decision.action == "dead":
+            done = self._dead_letter(lease, decision.push)
+        else:
+            done = self._release_as(lease, decision.task)
+        return decision if done else None
 
     # -- recovery primitives ----------------------------------------------------------
 
@@ -252,48 +334,61 @@ class TaskQueue:
         members = self.redis.zrangebyscore(self.keys.leases, "-inf", self.server_ms(), start=0, num=limit)
         return [split_task_key(m) for m in members]
 
-    def recover_leased(self, task_type: str, task_id: str, *, holder: str | None = None,
-                       only_holder: bool = False) -> Settled:
-        """Take a leased task away from its holder: requeue it (counters +1) or dead-letter it.
+    def recover_lapsed(self, task_type: str, task_id: str) -> Settled:
+        """Take back a task whose lease deadline passed (recover.lua re-checks that on the server)."""
+        raw = self.redis.hget(self.keys.inflight(task_type), task_id)
+        return self._recover("lapsed", task_type, task_id, raw, None, None, [])
 
-        The lock value is read first and passed as the expected value, so if
-        the lease changes hands meanwhile the script does nothing.
-        ``only_holder``: skip tasks whose lock names another worker (recovering
-        a dead worker must not touch what a live one re-leased since).
-        """
-        lock_key = self.keys.task_lock(task_id)
+    def recover_held(self, judgement: Judgement, task_type: str, task_id: str) -> Settled:
+        """Take back a task held by a worker judged dead, while the verdict still holds on the server."""
+        worker_id = judgement.worker_id
         pipe = self.redis.pipeline(transaction=False)
-        pipe.get(lock_key)
+        pipe.get(self.keys.task_lock(task_id))
         pipe.hget(self.keys.inflight(task_type), task_id)
         value, raw = pipe.execute()
-        owner = value.split(":", 1)[1] if value and ":" in value else None
-        if only_holder and value and owner != holder:
-            return Settled("skipped")
-        holder = owner or holder
-        if raw is None:
-            # Nothing in flight: let the script drop a stale lease entry (only when the lock is gone).
-            self._requeue(Task(task_id, 1, task_type), value or "", holder)
-            return Settled("skipped")
-        try:
-            task = Task.from_json(raw, self.task_types)
-        except MalformedTask as exc:  # leased payloads were validated; a hand-edited hash is all that is left
-            task = Task(task_id, 1, task_type)
-            entry = self.malformed_entry(raw, exc.reason, holder)
-            return Settled("dead", None, entry) if self._dead_letter(task, entry, value or "", holder) else Settled("skipped")
-        losses = task.lease_losses + 1
-        if losses > self.settings.max_lease_losses:
-            reason = f"lost its lease {losses} times: crash loop or poison pill"
-            entry = self.task_entry(task, reason, None, holder)
-            if self._dead_letter(task, entry, value or "", holder):
-                return Settled("dead", task, entry)
-            return Settled("skipped")
-        moved = attrs.evolve(task, retry_count=task.retry_count + 1, lease_losses=losses)
-        if self._requeue(moved, value or "", holder):
-            return Settled("requeued", moved)
-        return Settled("skipped")
+        if not value or value.startswith("~") or value.split(":", 1)[-1] != worker_id or raw is None:
+            return Settled("skipped")  # settled, lapsed (the lapsed path takes it) or someone else's now
+        extra = [value, judgement.liveness, judgement.at_ms, judgement.max_age_ms]
+        return self._recover("dead", task_type, task_id, raw, worker_id, judgement, extra)
 
-    def recover_claiming(self, worker_id: str) -> list[Settled]:
-        """Put back what a dead worker moved into its claiming list but never leased."""
+    def _recover(self, mode: str, task_type: str, task_id: str, raw: str | None, holder: str | None,
+                 judgement: Judgement | None, extra: list[Any]) -> Settled:
+        keys = self.keys
+        task: Task | None = None
+        decision: AfterLoss | None = None
+        if raw is not None:
+            try:
+                task = Task.from_json(raw, self.task_types)
+            except MalformedTask as exc:  # leased payloads were validated; a hand-edited hash is all that is left
+                entry = self.malformed_entry(raw, exc.reason, holder)
+                decision = AfterLoss("dead", Task(task_id, 1, task_type), json.dumps(entry), entry)
+            else:
+                decision = self.after_lost_lease(task, holder)
+        # With nothing in flight the script only drops a stale lease entry (mode lapsed).
+        action = decision.action if decision else "requeue"
+        script_keys = [keys.task_lock(task_id), keys.inflight(task_type), keys.leases,
+                       keys.queue(task_type) if action == "requeue" else keys.failed,
+                       keys.dedup(task_type, task.campaign_id if task else 0)]
+        if holder:
+            script_keys.append(keys.wtasks(holder))
+        if judgement is not None:
+            script_keys.append(keys.worker(judgement.worker_id))
+        done = self.scripts.recover(keys=script_keys, args=[
+            mode, task_id, task_type, raw or "", action, decision.push if decision else "", new_op_id(),
+            self.replay_ms, *extra])
+        if not done or decision is None:
+            return Settled("skipped")
+        if decision.action == "dead":
+            return Settled("dead", task, decision.entry)
+        return Settled("requeued", decision.task)
+
+    def recover_claiming(self, worker_id: str, judgement: Judgement | None = None) -> list[Settled]:
+        """Put back what a worker moved into its claiming list but never leased.
+
+        With ``judgement`` (recovery, for a worker it judged dead) each move
+        re-checks the verdict on the server; without it (the worker itself, at
+        shutdown) it does not.
+        """
         claiming = self.keys.claiming(worker_id)
         out = []
         for raw in self.redis.lrange(claiming, 0, -1):
@@ -301,29 +396,34 @@ class TaskQueue:
                 task = Task.from_json(raw, self.task_types)
             except MalformedTask as exc:
                 entry = self.malformed_entry(raw, exc.reason, worker_id)
-                if self.scripts.reject(keys=[claiming, self.keys.failed], args=[raw, json.dumps(entry)]):
+                if self._reject(claiming, raw, entry):
                     out.append(Settled("dead", None, entry))
                 continue
-            losses = task.lease_losses + 1
-            dedup = self.keys.dedup(task.task_type, task.campaign_id)
-            if losses > self.settings.max_lease_losses:
-                entry = self.task_entry(task, f"lost its lease {losses} times: crash loop or poison pill",
-                                        None, worker_id)
-                if self.scripts.unclaim(keys=[claiming, self.keys.failed, dedup],
-                                        args=[raw, json.dumps(entry), task.task_id]):
-                    out.append(Settled("dead", task, entry))
-                continue
-            moved = attrs.evolve(task, retry_count=task.retry_count + 1, lease_losses=losses)
-            if self.scripts.unclaim(keys=[claiming, self.keys.queue(task.task_type)], args=[raw, moved.to_json()]):
-                out.append(Settled("requeued", moved))
+            decision = self.after_lost_lease(task, worker_id)
+            dead = decision.action == "dead"
+            keys = [claiming, self.keys.failed if dead else self.keys.queue(task.task_type),
+                    self.keys.op(new_op_id()), self.keys.dedup(task.task_type, task.campaign_id)]
+            args: list[Any] = [raw, decision.push, task.task_id if dead else "", self.replay_ms]
+            if judgement is not None:
+                keys.append(self.keys.worker(worker_id))
+                args += [judgement.liveness, judgement.at_ms, judgement.max_age_ms]
+            if self.scripts.unclaim(keys=keys, args=args):
+                out.append(Settled("dead", task, decision.entry) if dead else Settled("requeued", decision.task))
         return out
+
+    def unregister(self, worker_id: str, liveness: str) -> bool:
+        """Forget a worker judged dead (liveness value as read with the verdict) once it holds nothing."""
+        return bool(self.scripts.unregister(
+            keys=[self.keys.workers, self.keys.worker(worker_id), self.keys.wtasks(worker_id),
+                  self.keys.claiming(worker_id)],
+            args=[worker_id, liveness]))
 
     def promote_due(self, task_types: Sequence[str] | None = None, limit: int = PROMOTE_BATCH) -> int:
         """Move due delayed tasks to their ready lists; returns how many moved."""
-        keys: list[str] = []
+        keys: list[str] = [self.keys.op(new_op_id())]
         for t in task_types or self.task_types:
             keys += [self.keys.delayed(t), self.keys.queue(t)]
-        return int(self.scripts.promote(keys=keys, args=[limit])) if keys else 0
+        return int(self.scripts.promote(keys=keys, args=[limit, self.replay_ms])) if len(keys) > 1 else 0
 
     def pending(self, task_types: Sequence[str]) -> int:
         """Ready plus delayed tasks of these types (what ``--burst`` waits for)."""
@@ -420,10 +520,11 @@ class TaskQueue:
             if task_type not in self.task_types or not isinstance(cid, int) or isinstance(cid, bool) or cid <= 0:
                 out["unusable"].append(label)
                 continue
-            task = Task.new(task_type, cid)
+            task = Task.new(task_type, cid)  # no run id: it works on whatever run the campaign is on now
             result = self.scripts.dlq_requeue(
-                keys=[self.keys.failed, self.keys.queue(task_type), self.keys.dedup(task_type, cid)],
-                args=[raw, task.to_json(), task.task_id, self.dedup_ms],
+                keys=[self.keys.failed, self.keys.queue(task_type), self.keys.dedup(task_type, cid),
+                      self.keys.op(new_op_id())],
+                args=[raw, task.to_json(), task.task_id, self.replay_ms],
             )
             {1: out["requeued"], 2: out["already_live"]}.get(int(result), out["not_found"]).append(label)
         if entry_id is not None and not found:

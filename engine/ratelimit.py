@@ -9,6 +9,7 @@ worker process shares the bucket, so the limit holds for the whole fleet, and
 from __future__ import annotations
 
 import math
+import secrets
 from collections.abc import Mapping
 from typing import Any
 
@@ -77,7 +78,10 @@ class RateLimiter:
         """Shut the bucket for every worker for ``seconds``; returns when it reopens (server time, s)."""
         self._limit(api)
         ms = max(1, math.ceil(seconds * 1000))
-        reopen = self.scripts.pause_bucket(keys=[self.keys.ratelimit(api, "paused_until")], args=[ms])
+        replay_ms = max(1, int(self.settings.replay_window * 1000))
+        reopen = self.scripts.pause_bucket(
+            keys=[self.keys.ratelimit(api, "paused_until"), self.keys.ratelimit(api, f"op:{secrets.token_hex(8)}")],
+            args=[ms, replay_ms])
         return int(reopen) / 1e6
 
     def status(self) -> dict[str, dict[str, Any]]:

@@ -19,8 +19,9 @@ DEFAULT_HEARTBEAT_INTERVAL = 2.0
 DEFAULT_LIVENESS_TTL = 10.0
 #: A task that lost its lease this many times is dead-lettered (crash loop, poison pill).
 DEFAULT_MAX_LEASE_LOSSES = 5
-#: Pause between two passes of the recovery loop, in s.
-DEFAULT_RECOVERY_INTERVAL = 2.0
+#: Pause between two passes of the recovery loop (dead workers, lapsed leases, due retries), in s.
+#: A pass is a handful of round trips; 0.5 s keeps a crashed worker's tasks waiting under a second.
+DEFAULT_RECOVERY_INTERVAL = 0.5
 #: A PROCESSING/READY_TO_SEND campaign unchanged this long with no live task is re-enqueued, in s.
 DEFAULT_STALL_THRESHOLD = 60.0
 #: Pause between two passes of the producer loop, in s.
@@ -33,8 +34,16 @@ DEFAULT_MAX_TOKEN_SLEEP = 10.0
 DEFAULT_RATE_SCALE = 1.0
 #: On SIGTERM, running handlers get this long to finish before their tasks are released, in s.
 DEFAULT_SHUTDOWN_GRACE = 30.0
-#: Safety-net lifetime of a dedup key (ack and dead-letter delete it long before), in s.
-DEFAULT_DEDUP_TTL = 86400.0
+#: A Redis call without an answer after this long fails (and is retried), in s.
+DEFAULT_REDIS_SOCKET_TIMEOUT = 5.0
+#: Connecting to Redis gives up after this long, in s.
+DEFAULT_REDIS_CONNECT_TIMEOUT = 5.0
+#: Times redis-py retries a call that failed on a connection error or timeout (with backoff).
+DEFAULT_REDIS_RETRIES = 3
+#: An idle pooled connection is checked with PING before use if unused this long, in s.
+DEFAULT_REDIS_HEALTH_CHECK_INTERVAL = 30.0
+#: Longest pause between two retries of one Redis call, in s.
+REDIS_RETRY_BACKOFF_CAP = 1.0
 #: Longest a worker blocks on one empty queue before looking at the others again, in s.
 DEFAULT_CLAIM_BLOCK = 0.5
 #: A handler running longer than this loses its task (released as a lease loss; the handler's late
@@ -76,11 +85,35 @@ class EngineSettings:
     max_token_sleep: float = DEFAULT_MAX_TOKEN_SLEEP
     rate_scale: float = DEFAULT_RATE_SCALE
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
-    dedup_ttl: float = DEFAULT_DEDUP_TTL
+    redis_socket_timeout: float = DEFAULT_REDIS_SOCKET_TIMEOUT
+    redis_connect_timeout: float = DEFAULT_REDIS_CONNECT_TIMEOUT
+    redis_retries: int = DEFAULT_REDIS_RETRIES
+    redis_health_check_interval: float = DEFAULT_REDIS_HEALTH_CHECK_INTERVAL
     claim_block: float = DEFAULT_CLAIM_BLOCK
     task_time_limit: float = DEFAULT_TASK_TIME_LIMIT
     outage_backoff_max: float = DEFAULT_OUTAGE_BACKOFF_MAX
     startup_timeout: float = DEFAULT_STARTUP_TIMEOUT
+
+    @property
+    def replay_window(self) -> float:
+        """How long a settled lease's tombstone and an operation's answer are kept, in s.
+
+        Long enough for every retry redis-py may make of one call (each waits up
+        to the socket timeout plus a backoff), so a replayed call always finds
+        the trace of the first and answers as it did.
+        """
+        return (self.redis_retries + 1) * (self.redis_socket_timeout + REDIS_RETRY_BACKOFF_CAP) + 1.0
+
+    @property
+    def stall_guard(self) -> float:
+        """Longest Redis round trip, in s, after which recovery suspects a stall that kept workers from beating.
+
+        A live worker's liveness key expires only if Redis stops answering for
+        longer than LIVENESS_TTL - HEARTBEAT_INTERVAL. Recovery calls Redis at
+        least every RECOVERY_INTERVAL, so such a stall makes one of its calls
+        take longer than the rest of that margin; half of it is the guard.
+        """
+        return max(0.05, (self.liveness_ttl - self.heartbeat_interval - self.recovery_interval) / 2)
 
     def __repr__(self) -> str:
         from engine.redact import redact_url
@@ -108,7 +141,12 @@ class EngineSettings:
             max_token_sleep=env_float(env, "MAX_TOKEN_SLEEP", DEFAULT_MAX_TOKEN_SLEEP),
             rate_scale=env_float(env, "RATE_SCALE", DEFAULT_RATE_SCALE) or DEFAULT_RATE_SCALE,
             shutdown_grace=env_float(env, "SHUTDOWN_GRACE", DEFAULT_SHUTDOWN_GRACE),
-            dedup_ttl=env_float(env, "DEDUP_TTL", DEFAULT_DEDUP_TTL) or DEFAULT_DEDUP_TTL,
+            redis_socket_timeout=env_float(env, "REDIS_SOCKET_TIMEOUT", DEFAULT_REDIS_SOCKET_TIMEOUT, positive=True),
+            redis_connect_timeout=env_float(env, "REDIS_CONNECT_TIMEOUT", DEFAULT_REDIS_CONNECT_TIMEOUT,
+                                            positive=True),
+            redis_retries=env_int(env, "REDIS_RETRIES", DEFAULT_REDIS_RETRIES),
+            redis_health_check_interval=env_float(env, "REDIS_HEALTH_CHECK_INTERVAL",
+                                                  DEFAULT_REDIS_HEALTH_CHECK_INTERVAL),
             claim_block=env_float(env, "CLAIM_BLOCK", DEFAULT_CLAIM_BLOCK) or DEFAULT_CLAIM_BLOCK,
             task_time_limit=env_float(env, "TASK_TIME_LIMIT", DEFAULT_TASK_TIME_LIMIT),
             outage_backoff_max=env_float(env, "OUTAGE_BACKOFF_MAX", DEFAULT_OUTAGE_BACKOFF_MAX)

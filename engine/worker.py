@@ -30,7 +30,6 @@ import signal
 import socket
 import threading
 import time
-import traceback
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,11 +37,12 @@ import attrs
 import redis
 
 from engine.context import TaskContext
-from engine.errors import Discard, Permanent, RateLimited, describe
+from engine.connection import connection_name
+from engine.errors import describe
 from engine.identity import new_worker_id
 from engine.loop import FIRST_RETRY, Outage
+from engine.outcome import Action, decide
 from engine.queue import Lease, TaskQueue
-from engine.redact import redact
 from engine.ratelimit import RateLimiter
 from engine.registry import Registry
 from engine.settings import EngineSettings
@@ -56,8 +56,6 @@ log = logging.getLogger(__name__)
 DEFAULT_CONCURRENCY = 16
 #: How often the claim loop moves due delayed tasks to their ready lists, in s.
 PROMOTE_INTERVAL = 0.5
-#: Shortest deferral of a rate-limited task (a 0 s Retry-After would spin), in s.
-MIN_DEFER = 0.05
 #: First pause of the claim loop after a Redis connection error; grows to OUTAGE_BACKOFF_MAX, in s.
 REDIS_ERROR_BACKOFF = 1.0
 #: Longest block on an empty queue in --burst mode, in s.
@@ -133,6 +131,8 @@ class Worker:
         self._acks: list[_Job] = []
         self._ack_ready = threading.Event()
         self._settler_stop = False
+        #: Jobs the heartbeat found past their time limit, for the reaper to give up (None: exit).
+        self._overdue: stdqueue.SimpleQueue[_Job | None] = stdqueue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._time_limits: dict[str, float] = {}
         self._abandon = False
@@ -174,6 +174,8 @@ class Worker:
         heartbeat.start()
         settler = threading.Thread(target=self._settle_loop, name="settler", daemon=True)
         settler.start()
+        reaper = threading.Thread(target=self._reap_loop, name="reaper", daemon=True)
+        reaper.start()
         for _ in range(self.concurrency):
             self._spawn_handler()
         log.info("worker %s up: queues %s, concurrency %d%s", self.worker_id, ",".join(self.queues),
@@ -182,6 +184,8 @@ class Worker:
             self._claim_loop()
         finally:
             self._shutdown(settler, heartbeat)
+            self._overdue.put(None)
+            reaper.join(timeout=5.0)
         return 0
 
     def _claim_loop(self) -> None:
@@ -248,15 +252,22 @@ class Worker:
         for job in leftovers:
             # A handler past the grace period counts as a lease loss, so one that never finishes is bounded.
             running = job.started is not None
+            task = job.lease.task
             try:
-                released = self.queue.release(job.lease, lease_loss=running)
+                if running:
+                    given = self.queue.give_up(job.lease, "still running after the shutdown grace")
+                    released = given is not None
+                    if given is not None and given.action == "dead":
+                        self.registry.dead_lettered(task, given.entry["reason"] if given.entry else "", None)
+                else:
+                    released = self.queue.release(job.lease)
             except redis.RedisError as exc:
-                log.warning("could not release %s (%s); recovery will requeue it", job.lease.task.task_id, exc)
+                log.warning("could not release %s (%s); recovery will requeue it", task.task_id, exc)
                 continue
-            log.info("released %s %s (%s)", job.lease.task.task_type, job.lease.task.task_id,
+            log.info("released %s %s (%s)", task.task_type, task.task_id,
                      "still running after the grace period" if running else "not started")
             if not released:
-                log.warning("lease lost: %s %s", job.lease.task.task_type, job.lease.task.task_id)
+                log.warning("lease lost: %s %s", task.task_type, task.task_id)
         self.left_running = any(j.started is not None for j in leftovers)
         for _ in self._threads:
             self._work.put(None)
@@ -329,50 +340,41 @@ class Worker:
             max_token_sleep=self.settings.max_token_sleep,
             heartbeat=lambda: self._renew_one(lease),
             sleep=self._stop_aware_sleep,
+            attempt=lease.attempt,
         )
         handler = self.registry.handler(task.task_type)
         if handler is None:
             self._returned(job)
             self._dead(job, f"no handler registered for task type {task.task_type!r}", None)
             return
+        error: BaseException | None = None
         try:
             handler(task, ctx)
-        except Discard as exc:
-            self._returned(job)
-            log.info("task %s %s discarded: %s", task.task_type, task.task_id, exc)
+        except Exception as exc:  # noqa: BLE001 - what it means is decided by engine.outcome
+            error = exc
+        self._returned(job)
+        outcome = decide(task, error, self.registry.policy(task.task_type), self.registry.is_outage)
+        if outcome.action is Action.ACK:
+            if outcome.reason:
+                log.info("task %s %s %s", task.task_type, task.task_id, outcome.reason)
             self._queue_ack(job)
             self._task_outage.ok()
-        except RateLimited as exc:
-            self._returned(job)
-            if exc.api and self.limiter is not None:
+        elif outcome.action is Action.DEFER:
+            if outcome.pause_api and self.limiter is not None:
                 try:
-                    self.limiter.pause(exc.api, exc.retry_after)
+                    self.limiter.pause(outcome.pause_api, outcome.delay)
                 except KeyError:
-                    log.warning("handler asked to pause unknown API %r", exc.api)
-            delay = max(MIN_DEFER, exc.retry_after)
-            self._settle(job, self.queue.retry(lease, delay, spend_attempt=False), "defer")
-        except Permanent as exc:
-            self._returned(job)
-            self._dead(job, redact(f"permanent failure: {exc}"), _trace(exc))
-        except Exception as exc:  # noqa: BLE001 - Transient, and anything unexpected, is retried
-            self._returned(job)
-            if self.registry.is_outage(exc):
-                self._defer_for_outage(job, exc)
-                return
-            policy = self.registry.policy(task.task_type)
-            attempts = task.retry_count + 1
-            if policy.exhausted(task.retry_count):
-                self._dead(job, redact(f"gave up after {attempts} attempts: {type(exc).__name__}: {exc}"),
-                           _trace(exc))
-            else:
-                delay = policy.backoff(task.retry_count)
-                log.info("task %s %s failed (attempt %d/%d), retrying in %.2fs: %s", task.task_type,
-                         task.task_id, attempts, policy.max_attempts, delay, redact(str(exc)))
-                self._settle(job, self.queue.retry(lease, delay), "retry")
+                    log.warning("handler asked to pause unknown API %r", outcome.pause_api)
+            self._settle(job, self.queue.retry(lease, outcome.delay, spend_attempt=False), "defer")
+        elif outcome.action is Action.OUTAGE:
+            assert isinstance(error, Exception)
+            self._defer_for_outage(job, error)
+        elif outcome.action is Action.DEAD:
+            self._dead(job, outcome.reason, outcome.error)
         else:
-            self._returned(job)
-            self._queue_ack(job)
-            self._task_outage.ok()
+            log.info("task %s %s failed, retrying in %.2fs: %s", task.task_type, task.task_id, outcome.delay,
+                     outcome.reason)
+            self._settle(job, self.queue.retry(lease, outcome.delay), "retry")
 
     def _defer_for_outage(self, job: _Job, exc: Exception) -> None:
         """A service the handler needs is down: not the task's fault, so no attempt is spent.
@@ -461,9 +463,22 @@ class Worker:
     # -- heartbeat -----------------------------------------------------------------------
 
     def _heartbeat_loop(self) -> None:
+        """Renew, and only renew: anything slow here (a database hook) would stop the beats past LIVENESS_TTL."""
         while not self._heartbeat_stop.wait(self.settings.heartbeat_interval):
             self._expire_overdue()
             self._beat()
+
+    def _reap_loop(self) -> None:
+        """Give up the tasks the heartbeat found past their time limit (Redis calls, the dead-letter hook)."""
+        while True:
+            job = self._overdue.get()
+            if job is None:
+                return
+            started = job.started or time.monotonic()
+            try:
+                self._give_up(job, time.monotonic() - started)
+            except Exception:  # noqa: BLE001 - the reaper must outlive one bad give-up
+                log.exception("could not give up %s %s", job.lease.task.task_type, job.lease.task.task_id)
 
     def info(self) -> dict[str, Any]:
         with self._lock:
@@ -477,6 +492,8 @@ class Worker:
             "started": self.started_at,
             "heartbeat": time.time(),
             "current_tasks": current,
+            #: Recovery may judge this worker dead as soon as no connection of this name is left.
+            "conn_named": connection_name(self.redis) == self.worker_id,
         }
 
     def _beat(self) -> None:
@@ -517,7 +534,9 @@ class Worker:
                 job.expired = True
                 del self._jobs[job.lease.task.task_id]
         for job in overdue:
-            self._give_up(job, now - (job.started or now))
+            if job.ctx is not None:
+                job.ctx.lease_lost.set()
+            self._overdue.put(job)
 
     def _give_up(self, job: _Job, ran: float) -> None:
         """Release an overdue task as a lease loss (dead letter once it lost too many); free its slot.
@@ -536,29 +555,22 @@ class Worker:
             self._changed.notify_all()
         self._slot_free.set()
         task = job.lease.task
-        losses = task.lease_losses + 1
         try:
-            if losses > self.settings.max_lease_losses:
-                reason = (f"ran past its time limit of {job.time_limit:g}s; lost its lease {losses} times: "
-                          "hung handler or poison pill")
-                entry = self.queue.dead_letter(job.lease, reason)
-                if entry is not None:
-                    log.warning("task %s %s dead-lettered: %s", task.task_type, task.task_id, reason)
-                    self.registry.dead_lettered(task, reason, None)
-                    return
-                settled = False
-            else:
-                settled = self.queue.release(job.lease, lease_loss=True)
+            given = self.queue.give_up(job.lease, f"ran past its time limit of {job.time_limit:g}s")
         except redis.RedisError as exc:
             log.warning("task %s %s ran past its time limit of %gs; could not release it (%s), recovery will",
                         task.task_type, task.task_id, job.time_limit, exc)
             return
-        if settled:
+        if given is None:
+            log.info("task %s %s ran past its time limit but was settled meanwhile", task.task_type, task.task_id)
+        elif given.action == "dead":
+            reason = given.entry["reason"] if given.entry else "ran past its time limit"
+            log.warning("task %s %s dead-lettered: %s", task.task_type, task.task_id, reason)
+            self.registry.dead_lettered(task, reason, None)
+        else:
             log.warning("task %s %s ran past its time limit of %gs (%.1fs): released to its queue as lease "
                         "loss %d of %d; its handler thread is abandoned", task.task_type, task.task_id,
-                        job.time_limit, ran, losses, self.settings.max_lease_losses)
-        else:
-            log.info("task %s %s ran past its time limit but was settled meanwhile", task.task_type, task.task_id)
+                        job.time_limit, ran, given.task.lease_losses, self.settings.max_lease_losses)
 
     def _renew_one(self, lease: Lease) -> bool:
         ok = bool(self.queue.renew([lease])[0])
@@ -569,6 +581,3 @@ class Worker:
                 job.ctx.lease_lost.set()
         return ok
 
-
-def _trace(exc: BaseException) -> str:
-    return redact("".join(traceback.format_exception_only(type(exc), exc)).strip())

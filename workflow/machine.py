@@ -134,10 +134,6 @@ def edges() -> frozenset[tuple[str, str, str]]:
     )
 
 
-def is_edge(from_state: str, to_state: str) -> bool:
-    return any(s == from_state and d == to_state for s, _, d in edges())
-
-
 def allowed_triggers(status: Status | str, stage: Stage | str) -> list[str]:
     here = state_name(status, stage)
     return sorted({t for s, t, _ in edges() if s == here})

@@ -16,6 +16,7 @@ import os
 
 from bench.peers import probe
 from engine.connection import connect
+from engine.identity import new_worker_id
 from engine.queue import TaskQueue
 from engine.recovery import Recovery
 from engine.registry import Registry
@@ -46,11 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
                         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
     settings = EngineSettings.from_env()
-    client = connect(settings)
+    # Named connections, as campaignctl names them: recovery sees a SIGKILLed worker's at once.
+    name = new_worker_id() if args.cmd == "worker" else f"recovery:{new_worker_id()}"
+    client = connect(settings, client_name=name)
     registry = build_registry(settings.redis_url)
     if args.cmd == "worker":
         worker = Worker(client, settings, registry, None, queues=args.types.split(","),
-                        concurrency=args.concurrency, burst=args.burst, task_types=TASK_TYPES)
+                        concurrency=args.concurrency, burst=args.burst, task_types=TASK_TYPES, worker_id=name)
         return worker.run()
     queue = TaskQueue(client, settings, TASK_TYPES)
     return Recovery(client, settings, queue, registry).run()

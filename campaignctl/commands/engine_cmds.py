@@ -74,10 +74,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     _command(dsub, "purge", _dlq_purge, "delete every dead letter", json_flag=True)
 
 
-def _ctx() -> Any:
+def _ctx(client_name: str | None = None) -> Any:
     from campaignctl.context import AppContext
 
-    return AppContext()
+    return AppContext(client_name=client_name)
 
 
 # -- long-running commands -------------------------------------------------------------
@@ -121,8 +121,8 @@ def _worker(args: argparse.Namespace) -> int:
     from engine.worker import DEFAULT_CONCURRENCY, Worker
     from workflow.states import TASK_TYPES
 
-    ctx = _ctx()
     worker_id = new_worker_id()
+    ctx = _ctx(worker_id)
     registry = wiring.build_registry(ctx, worker_id=worker_id)
     # Last stage first: a campaign near the end frees its slot before new ones start,
     # so the slow providers early in the pipeline never starve the later ones.
@@ -168,9 +168,10 @@ def _producer(args: argparse.Namespace) -> int:
     from engine.identity import new_worker_id
     from engine.producer import Producer
 
+    name = f"producer:{new_worker_id()}"
     return _run_loop(args, lambda ctx, stop: Producer(
-        wiring.build_queue(ctx), ctx.settings, wiring.producer_source(ctx, f"producer:{new_worker_id()}"),
-        is_outage=wiring.database_outage, stop=stop))
+        wiring.build_queue(ctx), ctx.settings, wiring.producer_source(ctx, name),
+        is_outage=wiring.database_outage, stop=stop), client_name=name)
 
 
 def _recovery(args: argparse.Namespace) -> int:
@@ -178,19 +179,21 @@ def _recovery(args: argparse.Namespace) -> int:
     from engine.identity import new_worker_id
     from engine.recovery import Recovery
 
+    name = f"recovery:{new_worker_id()}"
+
     def build(ctx: Any, stop: Any) -> Recovery:
-        registry = wiring.build_registry(ctx, worker_id=f"recovery:{new_worker_id()}", handlers={})
+        registry = wiring.build_registry(ctx, worker_id=name, handlers={})
         return Recovery(ctx.redis, ctx.settings, wiring.build_queue(ctx), registry, wiring.reconcile_source(ctx),
                         stop=stop)
 
-    return _run_loop(args, build)
+    return _run_loop(args, build, client_name=name)
 
 
-def _run_loop(args: argparse.Namespace, build: Any) -> int:
+def _run_loop(args: argparse.Namespace, build: Any, *, client_name: str | None = None) -> int:
     """Wait for Redis and the database, then run the ServiceLoop ``build(ctx, stop)`` until SIGTERM/SIGINT."""
     from engine.loop import StopFlag
 
-    ctx = _ctx()
+    ctx = _ctx(client_name)
     stop = StopFlag()
     _stop_on_signals(stop.set)
     if not _services_up(ctx, args, stop):

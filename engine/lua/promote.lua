@@ -1,14 +1,22 @@
 --[[ promote: move due tasks from delayed sets to the back of their ready lists.
+Replay-safe through {P}:op:<id> (a replayed call answers the count of the first).
 
-KEYS[2i-1] zset  {P}:delayed:<type>
-KEYS[2i]   list  {P}:queue:<type>
+KEYS[1]     string  {P}:op:<op id>
+KEYS[2i]    zset    {P}:delayed:<type>
+KEYS[2i+1]  list    {P}:queue:<type>
 ARGV[1] most payloads to move per delayed set
+ARGV[2] replay window in ms
 returns how many moved in all
 ]]
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+--- @include "server_time"
+--- @include "once"
+local done = once_done(KEYS[1])
+if done then
+  return done
+end
+local now = now_ms()
 local moved = 0
-for i = 1, #KEYS, 2 do
+for i = 2, #KEYS, 2 do
   local due = redis.call('ZRANGEBYSCORE', KEYS[i], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
   for _, payload in ipairs(due) do
     redis.call('ZREM', KEYS[i], payload)
@@ -16,4 +24,7 @@ for i = 1, #KEYS, 2 do
     moved = moved + 1
   end
 end
-return moved
+if moved == 0 then
+  return 0
+end
+return once_record(KEYS[1], moved, ARGV[2])

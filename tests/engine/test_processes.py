@@ -11,9 +11,11 @@ from collections import Counter
 from pathlib import Path
 
 import attrs
+import pytest
 import redis
 from sqlalchemy import Engine
 
+from engine.connection import connect
 from engine.producer import Producer
 from engine.queue import TaskQueue
 from engine.recovery import Recovery
@@ -90,6 +92,53 @@ def test_sigkilled_worker_task_completes_elsewhere_within_the_liveness_ttl(
     assert len(workers) == 1 and str(b.pid) in workers[0]  # A was unregistered
     b.send_signal(signal.SIGTERM)
     assert b.wait(10) == 0
+
+
+def test_a_sigkilled_worker_is_dead_at_once_when_its_named_connections_are_gone(
+        redis_client: redis.Redis, settings: EngineSettings, procs: list, tmp_path: Path) -> None:
+    # Given a liveness TTL of 30 s (the TTL cannot be what finds the death below), worker A holding a task,
+    # worker B idle, and recovery on a named connection that has watched for a while
+    settings = attrs.evolve(settings, liveness_ttl=30.0, heartbeat_interval=0.5)
+    queue = TaskQueue(redis_client, settings, ("alpha", "beta"))
+    starts = f"{settings.key_prefix}:test:starts"
+    task = queue.enqueue("alpha", 1)
+    assert task is not None
+    env = proc_env(settings, CONCURRENCY="1")
+    a = spawn(["-m", "tests.engine.worker_proc", "hold"], env, tmp_path / "a.log")
+    procs.append(a)
+    _wait(lambda: redis_client.llen(starts) == 1, 20, "worker A to start the task")
+    b = spawn(["-m", "tests.engine.worker_proc", "hold"], env, tmp_path / "b.log")
+    procs.append(b)
+    _wait(lambda: redis_client.llen(f"{settings.key_prefix}:test:workers") == 2, 20, "worker B to come up")
+    recovery = Recovery(connect(settings, client_name="recovery:test"), settings, queue, quiet=0)
+    with _Loop(recovery):
+        time.sleep(1.0)
+        assert recovery.dead_workers() == []  # live workers with open connections are not dead
+        # When A is SIGKILLed (its liveness key still has ~30 s to live)
+        a.send_signal(signal.SIGKILL)
+        a.wait()
+        # Then B runs the task long before the TTL could have told
+        _wait(lambda: redis_client.llen(starts) == 2, 10, "the task to start again")
+        _wait(lambda: queue.stats()["queues"]["alpha"]["in_flight"] == 0, 10, "the ack")
+    second = json.loads(redis_client.lindex(starts, 1))
+    assert second["task_id"] == task.task_id and second["pid"] == b.pid and not second["first"]
+    workers = redis_client.hkeys(queue.keys.workers)
+    assert len(workers) == 1 and str(b.pid) in workers[0]  # A was unregistered
+    b.send_signal(signal.SIGTERM)
+    assert b.wait(10) == 0
+
+
+def test_without_named_connections_recovery_falls_back_to_the_ttl_and_says_so(
+        redis_client: redis.Redis, settings: EngineSettings, queue: TaskQueue, caplog: pytest.LogCaptureFixture) -> None:
+    # Given a registered worker that names its connections, and recovery on an unnamed client (as behind a proxy)
+    redis_client.hset(queue.keys.workers, "W1", json.dumps({"conn_named": True}))
+    redis_client.set(queue.keys.worker("W1"), "alive", px=60_000)
+    recovery = Recovery(redis_client, settings, queue, quiet=0)
+    # When it judges twice
+    with caplog.at_level("WARNING", logger="engine.recovery"):
+        assert recovery.dead_workers() == [] and recovery.dead_workers() == []
+    # Then the live worker is not judged dead, and the fallback is logged once
+    assert sum("LIVENESS_TTL" in r.getMessage() and "only" in r.getMessage() for r in caplog.records) == 1
 
 
 def _seeded(sqlite_url: str, n: int) -> tuple[Engine, CampaignStore, list[int]]:

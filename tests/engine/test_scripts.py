@@ -21,8 +21,15 @@ def test_every_script_compiles_on_the_server_with_its_includes_expanded(redis_cl
 
 def test_the_settling_scripts_share_one_fenced_take() -> None:
     scripts = sources()
-    for name in ("requeue", "dead_letter"):
+    for name in ("ack", "retry", "requeue", "dead_letter"):
         assert "local function take_leased(" in scripts[name]
+
+
+def test_one_server_clock_fragment() -> None:
+    scripts = sources()
+    for name, src in scripts.items():
+        if "redis.call('TIME')" in src and name != "acquire_token":
+            assert "local function now_us(" in src, name
 
 
 def test_a_missing_include_fails_loudly() -> None:

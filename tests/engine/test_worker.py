@@ -237,7 +237,7 @@ def test_a_handler_that_always_hangs_is_dead_lettered_after_max_lease_losses(
         thread.join(10)
     # Then it is dead-lettered with the reason, not released forever
     assert dead == [(5, f"ran past its time limit of 0.2s; lost its lease {settings.max_lease_losses + 1} times: "
-                        "hung handler or poison pill")]
+                        "crash loop, hung handler or poison pill")]
     [entry] = queue.dlq_list()
     assert entry["task"]["lease_losses"] == settings.max_lease_losses
     assert queue.stats()["queues"]["alpha"]["in_flight"] == 0
@@ -302,7 +302,7 @@ def test_a_stopping_worker_stays_alive_and_keeps_its_leases_during_the_grace_per
         worker.stop()
         time.sleep(settings.liveness_ttl * 1.5)
         # Then recovery still sees it alive and leaves its task alone
-        report = Recovery(redis_client, settings, queue).run_once()
+        report = Recovery(redis_client, settings, queue, quiet=0).run_once()
         assert report.dead_workers == [] and report.requeued == 0
         assert redis_client.exists(queue.keys.worker(worker.worker_id))
     finally:

@@ -20,6 +20,7 @@ import sys
 import time
 
 from engine.connection import connect
+from engine.identity import new_worker_id
 from engine.ratelimit import Limit, RateLimiter
 from engine.registry import Registry
 from engine.settings import EngineSettings
@@ -84,7 +85,9 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(name)s: %(message)s")
     mode = sys.argv[1]
     settings = EngineSettings.from_env()
-    r = connect(settings)
+    worker_id = new_worker_id()
+    # Named connections, as campaignctl worker makes them: recovery sees at once when this process is gone.
+    r = connect(settings, client_name=worker_id)
     if mode == "bucket":
         hammer(r, settings)
         return 0
@@ -94,7 +97,7 @@ def main() -> int:
         registry, types = store_registry(settings)
     concurrency = int(os.environ.get("CONCURRENCY", "2"))
     worker = Worker(r, settings, registry, None, concurrency=concurrency, task_types=types,
-                    burst=os.environ.get("BURST") == "1")
+                    burst=os.environ.get("BURST") == "1", worker_id=worker_id)
     r.rpush(f"{settings.key_prefix}:test:workers", f"{os.getpid()} {worker.worker_id}")
     code = worker.run()
     if worker.left_running:  # as campaignctl worker does: stuck handler threads must not block the exit
