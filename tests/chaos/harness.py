@@ -921,7 +921,7 @@ class Cluster:
             queues=_json_or_error(queues_cli),
             dead_letters=dead_letters,
             redis_counts=redis_queue_counts(r),
-            lock_keys=sorted(r.scan_iter(match=f"*{KEY_PREFIX}*task_lock*", count=1000)),
+            lock_keys=live_locks(r, r.scan_iter(match=f"*{KEY_PREFIX}*task_lock*", count=1000)),
             lease_entries=r.zrange(f"{{{KEY_PREFIX}}}:leases", 0, -1),
             held_entries={k.rsplit(":wtasks:", 1)[-1]: sorted(r.smembers(k))
                           for k in r.scan_iter(match=f"{{{KEY_PREFIX}}}:wtasks:*", count=1000) if r.scard(k)},
@@ -1103,7 +1103,7 @@ def redis_queue_counts(r: redis.Redis, prefix: str = KEY_PREFIX) -> dict[str, in
     pipe.zcard(f"{tag}:leases")
     counts = pipe.execute()
     per_type, leases = counts[:-1], counts[-1]
-    locks = sum(1 for _ in r.scan_iter(match=f"{tag}:task_lock:*", count=1000))
+    locks = len(live_locks(r, r.scan_iter(match=f"{tag}:task_lock:*", count=1000)))
     claiming = sum(r.llen(k) for k in r.scan_iter(match=f"{tag}:claiming:*", count=1000))
     held = sum(r.scard(k) for k in r.scan_iter(match=f"{tag}:wtasks:*", count=1000))
     return {
@@ -1115,6 +1115,20 @@ def redis_queue_counts(r: redis.Redis, prefix: str = KEY_PREFIX) -> dict[str, in
         "locks": locks,
         "held": held,
     }
+
+
+#: A settled lease's lock is replaced by a tombstone ``~<verb>:<token>`` that lives the replay window (so a
+#: replayed settle answers as the first did, engine/lua/includes/take_leased.lua): not a lease.
+TOMBSTONE_PREFIX = "~"
+
+
+def live_locks(r: redis.Redis, names: Any) -> list[str]:
+    """The task_lock keys among ``names`` that hold a lease (not a settled lease's tombstone), sorted."""
+    names = sorted(names)
+    if not names:
+        return []
+    values = r.mget(names)
+    return [k for k, v in zip(names, values) if v is not None and not str(v).startswith(TOMBSTONE_PREFIX)]
 
 
 def seed_row(i: int, kind: str) -> dict[str, Any]:
