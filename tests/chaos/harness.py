@@ -991,7 +991,7 @@ def recovery_name(i: int) -> str:
 
 #: What scan_log looks for (one match per line; named groups become fields).
 LEASE_LOST = re.compile(r"lease lost: (?:(?P<what>[\w-]+) of )?(?P<task_type>[a-z_]+) (?P<task>[0-9a-f]{8,})")
-DEAD_DECLARED = re.compile(r"worker (?P<worker>\S+) is dead \([^)]*\): (?P<recovered>\d+) task\(s\) recovered")
+DEAD_DECLARED = re.compile(r"worker (?P<worker>\S+) is dead \((?P<how>.*)\): (?P<recovered>\d+) task\(s\) recovered")
 POLL_ATTEMPT = re.compile(
     r"campaign (?P<campaign_id>\d+) (?P<task_type>[a-z_]+): attempt (?P<attempt>\d+)(?:/\d+)? failed")
 #: The timestamp campaignctl's log format starts each line with (asctime).

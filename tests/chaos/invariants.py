@@ -525,6 +525,14 @@ def _unknown_sends(ev: Evidence, report: Report) -> None:
             f"record: send record owner(s) {described or 'none'}; marked unknown by {by.get('worker_id')!r} "
             f"(task {str(by.get('task_id'))[:8]}): {str(by.get('detail'))[:160]}",
         )
+    by_id = {c["id"]: c for c in ev.campaigns}
+    delivered = {k.lower(): int(v) for k, v in (ev.sandbox_stats.get("emails") or {}).items()}
+    for d in ev.duplicates:
+        c = by_id.get(d["campaign_id"])
+        if c is not None:
+            report.notes.append(f"duplicate email_sending task {str(d['task_id'])[:8]} for campaign {c['id']} "
+                                f"({d.get('original')}): campaign ended {c['campaign_status']}, "
+                                f"{delivered.get(c['email'].lower(), 0)} email(s) delivered")
 
 
 def _faulted_providers(ev: Evidence) -> set[str]:
