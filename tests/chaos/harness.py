@@ -605,6 +605,8 @@ class Cluster:
 
     def _start_replica(self, primary: RedisServer) -> RedisServer:
         replica = RedisServer(appendonly=True).start()
+        # The primary's full sync waits 5 s by default for more replicas to join (repl-diskless-sync-delay).
+        redis.Redis(port=primary.port, socket_timeout=5).config_set("repl-diskless-sync-delay", 0)
         r = redis.Redis(port=replica.port, decode_responses=True, socket_timeout=5)
         r.replicaof("127.0.0.1", primary.port)
         deadline = time.monotonic() + 15
