@@ -115,6 +115,7 @@ class Worker:
         self.worker_id = worker_id or new_worker_id()
         self.queue = TaskQueue(client, settings, task_types or registry.task_types)
         self.keys = self.queue.keys
+        registry.bind_outbox(self.queue.defer_hook)
         self.started_at = time.time()
         self._stop = threading.Event()
         #: Stops the heartbeat; set only once shutdown is done, so liveness and leases are kept during the grace.

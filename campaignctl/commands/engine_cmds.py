@@ -166,12 +166,9 @@ def _worker(args: argparse.Namespace) -> int:
 def _producer(args: argparse.Namespace) -> int:
     from campaignctl import wiring
     from engine.identity import new_worker_id
-    from engine.producer import Producer
 
     name = f"producer:{new_worker_id()}"
-    return _run_loop(args, lambda ctx, stop: Producer(
-        wiring.build_queue(ctx), ctx.settings, wiring.producer_source(ctx, name),
-        is_outage=wiring.database_outage, stop=stop), client_name=name)
+    return _run_loop(args, lambda ctx, stop: wiring.build_producer(ctx, name, stop), client_name=name)
 
 
 def _recovery(args: argparse.Namespace) -> int:
