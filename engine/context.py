@@ -53,6 +53,7 @@ class TaskContext:
         while True:
             grant = self._limiter.acquire(api)
             if grant.granted:
+                self._limiter.controls.controls.count_call(api)  # calls per provider, for `campaignctl limits`
                 return
             if grant.wait > self._max_sleep:
                 raise RateLimited(f"{api}: next token in {grant.wait:.3f}s", retry_after=grant.wait, api=None)
