@@ -662,7 +662,6 @@ def queue_stats(ctx: AppContext, *, window: float = THROUGHPUT_WINDOW) -> dict[s
         entry["paused"] = t in paused
         entry["processed"] = counts[t]["processed"] if counts else None
         entry["failed"] = counts[t]["failed"] if counts else None
-    stats["window"] = window
     return stats
 
 
@@ -729,8 +728,10 @@ def clear_rate(ctx: AppContext, api: str) -> ActionResult:
 
 
 def limits(ctx: AppContext) -> dict[str, dict[str, Any]]:
-    """Per API: plan rate and the rate the engine grants (plan units), burst, tokens, paused until, the
-    runtime override if any, calls and 429s counted since the counters' reset."""
+    """Per API: ``plan`` (the configured plan rate, e.g. "10/min"), ``override`` (a runtime plan rate or None),
+    ``granted`` (what the limiter grants after RATE_HEADROOM and RATE_SCALE, plan units), ``rate`` (the same in
+    calls/s), ``burst``, ``tokens``, ``paused_until`` (ISO UTC or None), ``paused_for`` (s), ``calls`` and
+    ``throttled`` (429s) counted since the counters' reset."""
     from campaignctl.limits import rate_limits
     from engine.ratelimit import RateLimiter
 
@@ -747,8 +748,8 @@ def limits(ctx: AppContext) -> dict[str, dict[str, Any]]:
         out[api] = {
             "plan": format_rate(plans[api].rate),
             "override": format_rate(override) if override is not None else None,
-            "rate": format_rate(s["rate"]),
-            "rate_per_s": s["rate"],
+            "granted": format_rate(s["rate"]),
+            "rate": s["rate"],
             "burst": s["burst"],
             "tokens": s["tokens"],
             "paused_until": _iso(dt.datetime.fromtimestamp(paused_until, dt.timezone.utc)) if paused_until else None,
@@ -797,8 +798,10 @@ def requeue_dead_letter(ctx: AppContext, entry_id: str) -> ActionResult:
     A dead letter moved its campaign to ERROR; requeueing the bare task would
     find the campaign in ERROR and do nothing. So: a campaign in ERROR at the
     task's step is retried (ERROR -> that step, task queued) and the entry
-    removed; a campaign elsewhere is refused with where it is (it moved on,
-    was unsubscribed, or was already retried), and the entry stays.
+    removed; a campaign still waiting at that step (a malformed payload never
+    moved it) gets a fresh task; a campaign elsewhere is refused with where it
+    is (it moved on, was unsubscribed, or was already retried), and the entry
+    stays.
     """
     from workflow.store import Expect
 
@@ -815,6 +818,19 @@ def requeue_dead_letter(ctx: AppContext, entry_id: str) -> ActionResult:
         return ActionResult("dlq-requeue", cid, False, REFUSED,
                             f"dead letter {entry_id}: campaign {cid} does not exist any more; purge it")
     status, stage = expected_position(task_type)
+    if (campaign["campaign_status"], campaign["processing_stage"]) == (status.value, stage.value):
+        # The campaign still waits for this step (a malformed payload never moved it): a fresh task is the fix.
+        from engine.queue import TaskQueue
+
+        out = TaskQueue(ctx.redis, ctx.settings, TASK_TYPES).dlq_requeue(entry_id)
+        if out["requeued"]:
+            return ActionResult("dlq-requeue", cid, True, OK, f"campaign {cid}: queued a fresh {task_type} task",
+                                status.value, stage.value)
+        if out["already_live"]:
+            return ActionResult("dlq-requeue", cid, True, OK,
+                                f"campaign {cid}: a {task_type} task is already queued; entry removed",
+                                status.value, stage.value)
+        return ActionResult("dlq-requeue", cid, False, NOT_FOUND, f"no dead letter with id {entry_id!r}")
     failed_stage = Stage.IDLE if task_type == EMAIL_SENDING else stage
     if campaign["campaign_status"] != Status.ERROR.value or campaign["processing_stage"] != failed_stage.value:
         where = campaign["campaign_status"] + (f":{campaign['processing_stage']}"
