@@ -183,6 +183,7 @@ def _worker(args: argparse.Namespace) -> int:
     stop = StopFlag()
     _stop_on_signals(stop.set)
     if not _services_up(ctx, args, stop) or stop.is_set():
+        log.info("worker %s stopped before it started", worker_id)
         return 0
     if mode == "polling":
         return run_polling_worker(store=ctx.store, registry=registry, limiter=wiring.build_limiter(ctx),
@@ -196,6 +197,8 @@ def _worker(args: argparse.Namespace) -> int:
     # also between a rate-limit grant and its request, bunching requests at the provider (docs/reliability.md).
     gc.freeze()
     code = worker.run()
+    log.info("worker %s stopped (exit %d)%s", worker_id, code,
+             ", handlers still running were abandoned" if worker.left_running else "")
     if worker.left_running:
         # Handler threads still running past the grace period hold no lease any more; do not wait for them.
         logging.shutdown()
@@ -235,8 +238,11 @@ def _run_loop(args: argparse.Namespace, build: Any) -> int:
     stop = StopFlag()
     _stop_on_signals(stop.set)
     if not _services_up(ctx, args, stop):
+        log.info("%s stopped before it started (signal while waiting for Redis or the database)", args.command)
         return 0
-    return int(build(ctx, stop).run(once=args.once))
+    code = int(build(ctx, stop).run(once=args.once))
+    log.info("%s stopped (exit %d)", args.command, code)
+    return code
 
 
 def _stop_on_signals(stop: Any) -> None:
