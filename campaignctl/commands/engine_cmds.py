@@ -85,6 +85,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                         help="override API's plan rate at runtime, e.g. --set zillow 20/min (every worker follows "
                              "within seconds; stored in Redis until cleared)")
     change.add_argument("--clear", metavar="API", help="drop API's runtime override (back to RATE_<API> or the default)")
+    p = sub.add_parser("check", help="settings valid, Redis and the database answer (a healthcheck): exit 0, 1 or 2",
+                       description="Validates every setting, then pings Redis and the database once. Exit 0 when "
+                                   "both answer, 1 when one is unavailable, 2 for a bad setting (one line why).")
+    p.add_argument("--quiet", action="store_true", help="print nothing when all is well")
+    p.set_defaults(func=_check)
     for name, verb in (("pause", "stop claiming"), ("resume", "claim again")):
         p = _command(sub, name, _pause if name == "pause" else _resume,
                      f"{verb} a queue's tasks, fleet-wide (running tasks finish; queued ones wait)")
@@ -351,6 +356,19 @@ def _limits(args: argparse.Namespace) -> int:
              when(s["paused_until"]) if s["paused_until"] else "-", s["calls"], s["throttled"]]
             for api, s in status.items()]
     print(_table(["api", "plan", "override", "granted", "burst", "tokens", "paused until", "calls", "429s"], rows))
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from campaignctl import wiring
+    from engine.redact import redact_url
+
+    ctx = _ctx()
+    ctx.redis.ping()
+    wiring.ping_database(ctx)
+    if not args.quiet:
+        print(f"ok: Redis at {redact_url(ctx.settings.redis_url)} and the database at "
+              f"{redact_url(ctx.database_url)} answer")
     return 0
 
 

@@ -40,6 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     group.add_argument("--downgrade", metavar="REV", help="downgrade to this revision ('base' = empty database)")
     group.add_argument("--stamp", metavar="REV",
                        help="record REV as applied without running it (e.g. 0001 for a database of the old system)")
+    p.add_argument("--wait", action="store_true",
+                   help="wait for the database to accept connections first (up to STARTUP_TIMEOUT; compose's "
+                        "migrate job does, since the database may still be starting)")
     p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("seed", help="create DORMANT campaigns (fake, or from a CSV file)",
@@ -171,6 +174,20 @@ def _with_context(func: Callable[[argparse.Namespace, AppContext], int]) -> Hand
 # -- migrate, seed -------------------------------------------------------------
 
 
+def _wait_for_database(ctx: AppContext) -> None:
+    """Block until the database answers (outage backoff, STARTUP_TIMEOUT), as the services do at start-up."""
+    from campaignctl import wiring
+    from engine.loop import wait_until_up
+    from engine.redact import redact_url
+
+    try:
+        wait_until_up(f"the database at {redact_url(ctx.database_url)}", lambda: wiring.ping_database(ctx),
+                      backoff_max=ctx.settings.outage_backoff_max, timeout=ctx.settings.startup_timeout,
+                      is_outage=wiring.database_outage)
+    finally:
+        ctx.db.dispose()
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     from alembic.util import CommandError
 
@@ -178,6 +195,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
     ctx = AppContext()
     url = ctx.database_url
+    if args.wait:
+        _wait_for_database(ctx)
     try:
         before = runner.current(url)
         if args.downgrade:
