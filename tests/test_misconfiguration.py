@@ -40,6 +40,7 @@ COMMANDS: list[tuple[list[str], bool, bool]] = [
     (["seed", "--count", "1"], False, True),
     (["migrate"], False, True),
     (["graph"], False, False),
+    (["check"], True, True),
     (["queues"], True, False),
     (["queues", "--json"], True, False),
     (["workers"], True, False),
