@@ -87,6 +87,16 @@ def _say(line: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # `campaignctl list | head -3`: the reader left. Say nothing more, not even at interpreter exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: Sequence[str] | None) -> int:
     from campaignctl import config_check, logs
 
     parser = build_parser()
@@ -110,10 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
-        # `campaignctl queues | head -3`: the reader left; say nothing more (and not at exit either).
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 0
+        raise
     except Exception as exc:  # noqa: BLE001 - explained in one line when it is a setting or an outage
         known = config_check.explain(exc, env)
         if known is None:

@@ -226,12 +226,27 @@ def test_help_works_with_a_bad_sandbox_port_and_commands_say_why(tmp_path: Path)
     for argv in (["--help"], ["sandbox", "--help"], ["worker", "--help"]):
         proc = subprocess.run([CAMPAIGNCTL, *argv], env=env, capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0 and proc.stderr == "", (argv, proc.stderr)
+        if argv[0] == "worker":  # the default queue order is said
+            assert "last stage first:" in proc.stdout and "email_sending,email_creation,home_analysis" in " ".join(
+                proc.stdout.split()).replace(", ", ",")
+        if argv[0] == "sandbox":
+            assert "/_sandbox/emails" in proc.stdout
     proc = subprocess.run([CAMPAIGNCTL, "graph"], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "SANDBOX_PORT" in proc.stderr
 
 
 def test_a_closed_pipe_is_not_a_traceback(tmp_path: Path) -> None:
     env = _env(DATABASE_URL=f"sqlite:///{tmp_path}/x.db")
+    runner.upgrade(env["DATABASE_URL"])
+    # Far more output than a pipe buffers (64 KiB), so the writer really meets the closed pipe.
+    assert subprocess.run([CAMPAIGNCTL, "seed", "--count", "1500"], env=env, capture_output=True,
+                          timeout=120).returncode == 0
+    proc = subprocess.run(f"'{CAMPAIGNCTL}' list --limit 1500 | head -3", shell=True, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert len(proc.stdout.splitlines()) == 3 and proc.stderr == "", proc.stderr
+    proc = subprocess.run(f"'{CAMPAIGNCTL}' list --limit 1500 --json | head -c 100", shell=True, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.stderr == "", proc.stderr
     proc = subprocess.run(f"'{CAMPAIGNCTL}' graph | head -1", shell=True, env=env, capture_output=True, text=True,
                           timeout=60)
     assert proc.stdout.startswith("stateDiagram") and proc.stderr == ""

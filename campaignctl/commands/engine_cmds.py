@@ -67,7 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                  service=True)
     p.add_argument("--queues", type=_queue_list, default=None,
                    help="comma-separated task types to consume, in priority order (default: all, last stage "
-                        "first: " + ",".join(reversed(_task_types())) + ")")
+                        "first: " + ", ".join(reversed(_task_types())) + ")")
     p.add_argument("--concurrency", type=positive_int, default=None,
                    help="handler threads (default: engine.worker.DEFAULT_CONCURRENCY, 16; polling mode 1)")
     p.add_argument("--burst", action="store_true", help="exit once the queues and this worker are empty")
