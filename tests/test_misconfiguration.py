@@ -153,6 +153,12 @@ def test_database_unreachable(good_env: str, capsys: pytest.CaptureFixture[str],
     _check_outage(capsys, redis=False, db=True, code=1, named="the database at postgresql+psycopg2://campaigns:***@")
 
 
+def test_postgres_database_that_does_not_exist(good_env: str, capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch, pg_server) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("DATABASE_URL", pg_server.url_for("no_such_database"))
+    _check_outage(capsys, redis=False, db=True, code=1, named="no_such_database")
+
+
 def test_sqlite_file_in_a_missing_folder(good_env: str, capsys: pytest.CaptureFixture[str],
                                          monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path}/no/such/folder/x.db")

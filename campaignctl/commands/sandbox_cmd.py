@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import logging
 import os
 import signal
 import sys
@@ -103,5 +104,6 @@ def _sandbox(args: argparse.Namespace) -> int:
             time.sleep(POLL)
     finally:
         handle.stop()
+        logging.getLogger(__name__).info("sandbox on %s stopped", handle.url)
     sys.stdout.flush()
     return 0
