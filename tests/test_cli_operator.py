@@ -18,7 +18,6 @@ import redis
 from campaignctl import cli
 from campaignctl.context import AppContext
 from engine.queue import TaskQueue
-from engine.settings import EngineSettings
 from migrations import runner
 from tests.test_operations import with_draft
 from tests.workflow.helpers import drive, new_campaigns

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from collections.abc import Iterator
 
@@ -13,10 +12,9 @@ from campaignctl import operations as ops
 from campaignctl.context import AppContext
 from engine.controls import ControlCache, Controls
 from engine.queue import TaskQueue
-from engine.settings import EngineSettings
 from migrations import runner
 from tests.workflow.helpers import TO_REVIEW, drive, new_campaigns
-from workflow.states import PIPELINE, TASK_TYPES, Stage, Status
+from workflow.states import TASK_TYPES, Status
 from workflow.store import upsert_stage_result
 
 

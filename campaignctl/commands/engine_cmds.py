@@ -9,7 +9,6 @@ engine.loop and the worker's outage deferral.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import gc
 import json
 import logging

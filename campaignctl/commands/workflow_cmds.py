@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import functools
 import json
-import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
