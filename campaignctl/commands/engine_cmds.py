@@ -216,8 +216,12 @@ def _producer(args: argparse.Namespace) -> int:
     from engine.identity import new_worker_id
     from engine.producer import Producer
 
+    from engine import logcontext
+
+    service_id = f"producer:{new_worker_id()}"
+    logcontext.set_worker(service_id)  # on every JSON log line
     return _run_loop(args, lambda ctx, stop: Producer(
-        wiring.build_queue(ctx), ctx.settings, wiring.producer_source(ctx, f"producer:{new_worker_id()}"),
+        wiring.build_queue(ctx), ctx.settings, wiring.producer_source(ctx, service_id),
         is_outage=wiring.database_outage, stop=stop))
 
 
@@ -226,8 +230,13 @@ def _recovery(args: argparse.Namespace) -> int:
     from engine.identity import new_worker_id
     from engine.recovery import Recovery
 
+    from engine import logcontext
+
+    service_id = f"recovery:{new_worker_id()}"
+    logcontext.set_worker(service_id)  # on every JSON log line
+
     def build(ctx: Any, stop: Any) -> Recovery:
-        registry = wiring.build_registry(ctx, worker_id=f"recovery:{new_worker_id()}", handlers={})
+        registry = wiring.build_registry(ctx, worker_id=service_id, handlers={})
         return Recovery(ctx.redis, ctx.settings, wiring.build_queue(ctx), registry, wiring.reconcile_source(ctx),
                         stop=stop)
 

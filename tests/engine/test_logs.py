@@ -77,4 +77,6 @@ def test_services_say_when_they_stop_in_json(tmp_path: Path, redis_url: str, key
         assert proc.returncode == 0, proc.stderr
         docs = [json.loads(line) for line in proc.stderr.splitlines()]
         assert any(stopped in d["message"] for d in docs), proc.stderr
+        assert all(d.get("worker_id", "").startswith(argv[0] if argv[0] != "worker" else "") for d in docs)
+        assert all(d.get("worker_id") for d in docs if d["logger"] != "campaignctl.config_check"), proc.stderr
         assert not any(d["logger"].startswith("transitions") for d in docs)
