@@ -274,3 +274,22 @@ def test_demo_with_a_bad_fault_spec_exits_2_before_starting_anything(tmp_path: P
                           env=_env(), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "--faults" in proc.stderr
     assert not workdir.exists()  # no Redis started, nothing migrated or seeded
+
+
+def test_migrate_wait_waits_for_the_database(tmp_path: Path) -> None:
+    # Given a database that cannot be opened yet (its folder appears a moment later)
+    folder = tmp_path / "later"
+    env = _env(DATABASE_URL=f"sqlite:///{folder}/c.db", STARTUP_TIMEOUT="30")
+    proc = subprocess.Popen([CAMPAIGNCTL, "migrate", "--wait"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    __import__("time").sleep(1.5)
+    assert proc.poll() is None  # still waiting, not failed
+    folder.mkdir()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "database at revision" in out, err
+    # And without --wait, or once STARTUP_TIMEOUT passes, it is one line and exit 1
+    env = _env(DATABASE_URL=f"sqlite:///{tmp_path}/never/c.db", STARTUP_TIMEOUT="1")
+    for argv in (["migrate"], ["migrate", "--wait"]):
+        done = subprocess.run([CAMPAIGNCTL, *argv], env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+        assert [line for line in done.stderr.splitlines() if line.startswith("campaignctl migrate: ")]
