@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from sqlalchemy import exc as sa_exc
+from sqlalchemy import select
 
 from campaignctl.context import AppContext
 from campaignctl.limits import rate_limits
@@ -23,6 +24,7 @@ from engine.ratelimit import RateLimiter
 from engine.registry import Registry
 from engine.retry import RetryPolicy
 from engine.task import Task
+from workflow.models import Campaign
 from workflow.states import TASK_TYPES, expected_position, task_type_for
 from workflow.store import Expect
 
@@ -99,7 +101,9 @@ def dead_letter_hook(ctx: AppContext, worker_id: str | None = None) -> Callable[
     """Fail the campaign with the reason — only if it is still where the task expected it.
 
     A stale dead letter (the campaign moved on, another copy of the task
-    succeeded) must not fail a campaign, hence the Expect on status and stage.
+    succeeded, or the task belongs to an earlier run that ended at this very
+    stage) must not fail a campaign, hence the Expect on status, stage and,
+    when the task carries one, run.
     """
 
     def hook(task: Task | None, reason: str, error: str | None) -> None:
@@ -110,39 +114,55 @@ def dead_letter_hook(ctx: AppContext, worker_id: str | None = None) -> Callable[
         except ValueError:
             log.warning("dead letter of unknown task type %r: no campaign moved", task.task_type)
             return
-        outcome = ctx.store.apply(task.campaign_id, "fail", expect=Expect(status=status, stage=stage),
+        expect = Expect(status=status, stage=stage, run_id=task.run_id)
+        outcome = ctx.store.apply(task.campaign_id, "fail", expect=expect,
                                   error=reason, task_id=task.task_id, worker_id=worker_id)
         log.log(logging.WARNING if outcome.applied else logging.INFO, "dead letter -> %s", outcome.message)
 
     return hook
 
 
-def producer_source(ctx: AppContext, worker_id: str | None = None) -> Callable[[int], list[tuple[str, int]]]:
-    """Start due campaigns (compare-and-set in the database) and return their first tasks."""
+#: (task type, campaign id, run id): a task to enqueue, carrying the run it belongs to.
+RunTask = tuple[str, int, int]
 
-    def source(limit: int) -> list[tuple[str, int]]:
+
+def producer_source(ctx: AppContext, worker_id: str | None = None) -> Callable[[int], list[RunTask]]:
+    """Start due campaigns (compare-and-set in the database) and return their first tasks, with their run."""
+
+    def source(limit: int) -> list[RunTask]:
         out = []
         for snap in ctx.store.start_due(limit=limit, worker_id=worker_id):
             task_type = task_type_for(snap.campaign_status, snap.processing_stage)
             if task_type is not None:
-                out.append((task_type, snap.id))
+                out.append((task_type, snap.id, snap.run_id))
         return out
 
     return source
 
 
-def reconcile_source(ctx: AppContext) -> Callable[[], Iterator[tuple[str, int]]]:
-    """Campaigns that need a live task and have not moved for STALL_THRESHOLD, page by page."""
+def reconcile_source(ctx: AppContext) -> Callable[[], Iterator[RunTask]]:
+    """Campaigns that need a live task and have not moved for STALL_THRESHOLD, page by page, with their run."""
     older_than = dt.timedelta(seconds=ctx.settings.stall_threshold)
 
-    def source() -> Iterator[tuple[str, int]]:
+    def source() -> Iterator[RunTask]:
         after = 0
         while True:
             rows = ctx.store.stalled(older_than, limit=RECONCILE_PAGE, after_id=after)
+            runs = _run_ids(ctx, [cid for cid, _ in rows])
             for cid, task_type in rows:
-                yield task_type, cid
+                if cid in runs:
+                    yield task_type, cid, runs[cid]
             if len(rows) < RECONCILE_PAGE:
                 return
             after = rows[-1][0]
 
     return source
+
+
+def _run_ids(ctx: AppContext, ids: list[int]) -> dict[int, int]:
+    """The current run of each campaign in ``ids`` (a campaign deleted meanwhile is left out)."""
+    if not ids:
+        return {}
+    campaigns = Campaign.__table__
+    with ctx.store.engine.connect() as conn:
+        return dict(conn.execute(select(campaigns.c.id, campaigns.c.run_id).where(campaigns.c.id.in_(ids))).all())

@@ -166,7 +166,7 @@ def complete(
         return outcome
     nxt = task_type_for(outcome.after.campaign_status, outcome.after.processing_stage)
     if nxt is not None:
-        ctx.enqueue(nxt, cid)
+        ctx.enqueue(nxt, cid, run_id=outcome.after.run_id)
     return outcome
 
 
