@@ -78,6 +78,7 @@ def _crash_hook() -> None:
 
 
 def handle(task: Task, ctx: Any, deps: Deps) -> None:
+    """Send the run's email once, or say (defer, unknown, nothing to do) why this task must not send it."""
     snap = deps.store.get(task.campaign_id)
     if snap is None:
         raise Discard(f"campaign {task.campaign_id} does not exist")
