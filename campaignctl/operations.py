@@ -469,8 +469,8 @@ def check_settings(ctx: AppContext) -> None:
             raise ValueError(f"REDIS_URL is not a Redis URL ({redact_url(settings.redis_url)}): {exc}") from None
 
 
-def _enqueue(ctx: AppContext, jobs: Sequence[tuple[int, str]]) -> tuple[list[str], str | None]:
-    """Queue (campaign, task type) pairs after the database moved: (lines, error or None)."""
+def _enqueue(ctx: AppContext, jobs: Sequence[tuple[int, str, int]]) -> tuple[list[str], str | None]:
+    """Queue (campaign, task type, run id) after the database moved: (lines, error or None)."""
     import redis
 
     from engine.queue import TaskQueue
@@ -479,8 +479,8 @@ def _enqueue(ctx: AppContext, jobs: Sequence[tuple[int, str]]) -> tuple[list[str
     lines: list[str] = []
     try:
         queue = TaskQueue(ctx.redis, ctx.settings, TASK_TYPES)
-        tasks = queue.enqueue_many([(task_type, cid) for cid, task_type in jobs])
-        for (cid, task_type), task in zip(jobs, tasks, strict=True):
+        tasks = queue.enqueue_many([(task_type, cid, run_id) for cid, task_type, run_id in jobs])
+        for (cid, task_type, _), task in zip(jobs, tasks, strict=True):
             lines.append(f"campaign {cid}: a {task_type} task is already queued" if task is None
                          else f"campaign {cid}: queued {task_type} task {task.task_id}")
     except redis.RedisError as exc:
@@ -510,7 +510,7 @@ def _act(ctx: AppContext, action: str, campaign_id: int, trigger: str, *, expect
     error = None
     task_type = task_type_for(after.campaign_status, after.processing_stage) if follow_up else None
     if task_type is not None:
-        lines, error = _enqueue(ctx, [(campaign_id, task_type)])
+        lines, error = _enqueue(ctx, [(campaign_id, task_type, after.run_id)])
     message = outcome.message if error is None else f"{outcome.message}, but {error}"
     return ActionResult(action, campaign_id, True, REFUSED if error else OK, message,
                         after.campaign_status.value, after.processing_stage.value, tuple(lines))
@@ -559,7 +559,7 @@ def _bulk(ctx: AppContext, action: str, trigger: str, ids: Sequence[int], expect
     check_settings(ctx)
     done: list[int] = []
     skipped: list[int] = []
-    jobs: list[tuple[int, str]] = []
+    jobs: list[tuple[int, str, int]] = []
     for cid in ids:
         outcome = ctx.store.apply(cid, trigger, expect=expect, worker_id="campaignctl",
                                   detail=f"campaignctl {action} --all")
@@ -567,7 +567,7 @@ def _bulk(ctx: AppContext, action: str, trigger: str, ids: Sequence[int], expect
             done.append(cid)
             task_type = task_type_for(outcome.after.campaign_status, outcome.after.processing_stage)
             if task_type is not None:
-                jobs.append((cid, task_type))
+                jobs.append((cid, task_type, outcome.after.run_id))
         else:
             skipped.append(cid)
     lines, error = _enqueue(ctx, jobs) if jobs else ([], None)

@@ -6,48 +6,53 @@ side, then switch) and as a rollback if the Redis queues misbehave — while
 running the **same** stage handlers through the **same** store and machine as
 the queue workers. Handlers cannot tell the difference: they get a context
 object with the surface of ``engine.context.TaskContext`` (``task``,
-``worker_id``, ``acquire``, ``pause``, ``enqueue``, ``heartbeat``), and the
-shared Redis rate limiter still guards every provider.
+``worker_id``, ``attempt``, ``acquire``, ``pause``, ``enqueue``,
+``heartbeat``, ``lease_lost``), the shared Redis rate limiter still guards
+every provider, and ``engine.outcome.decide`` says what a handler's ending
+means, as it does for the queue worker.
 
-How a poller claims a campaign:
+Everything a poller knows lives in the campaign's row, so it holds across
+threads, processes, hosts and restarts, on SQLite and PostgreSQL alike:
 
-- PostgreSQL: ``SELECT … FOR UPDATE SKIP LOCKED`` picks candidates without
-  waiting on rows another poller is looking at, and a session-level advisory
-  lock (``pg_try_advisory_lock``) on the campaign id is held on the poller's
-  own connection while the stage runs. The row lock ends with the short
-  claiming transaction, so the handler's own compare-and-set is not blocked;
-  the advisory lock keeps a second poller off the campaign and dies with the
-  connection if the poller crashes.
-- SQLite (one machine, usually one poller per service as in the old system):
-  candidates are read plainly; threads of one process never share a campaign,
-  and the handler's compare-and-set decides any race between processes.
+- A claim is a compare-and-set ``UPDATE campaigns SET claimed_by=<token>,
+  claimed_until=now+POLL_LEASE WHERE id=? AND version=? AND <not claimed, not
+  backing off>``; the row that changes is ours. Claimed rows are skipped in the
+  candidates' SQL, so running campaigns never fill a poller's ``LIMIT
+  POLL_BATCH``. A claim lapses after POLL_LEASE: a dead poller's campaign is
+  taken by another. While a stage runs, the dispatcher's claim keeper renews
+  its claim every POLL_LEASE/3 (``PollingContext.heartbeat()`` renews it at
+  once). No connection is held while a stage runs.
+- Attempts and backoff (``poll_attempts``, ``poll_not_before``) belong to the
+  campaign version they were counted at (``poll_version``): the next stage, or
+  a retry of a failed campaign, starts at 0; max attempts hold fleet-wide.
 
-Either way every write is a compare-and-set, so a duplicate run is a no-op,
-and polling workers can run next to queue workers on the same database.
-Retries are tracked in the poller's memory: a restart forgets the attempt
-count of a failing stage (the old system did not count at all).
+Every write of a stage is still a compare-and-set, so a duplicate run is a
+no-op, and polling workers can run next to queue workers on the same database.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import signal
 import threading
-import time
-from collections.abc import Collection, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import attrs
-from sqlalchemy import Connection, Engine, func, select, text
+from sqlalchemy import Engine, or_, select, update
 
 from engine.env import env_float, env_int
-from engine.errors import Discard, Permanent, RateLimited, Transient
+from engine.errors import RateLimited
 from engine.identity import new_worker_id
 from engine.loop import FIRST_RETRY, Outage
+from engine.outcome import Action, Outcome, decide
 from engine.registry import Registry
-from engine.settings import DEFAULT_OUTAGE_BACKOFF_MAX
+from engine.settings import DEFAULT_OUTAGE_BACKOFF_MAX, DEFAULT_VISIBILITY_TIMEOUT
 from engine.task import Task
-from workflow.models import Campaign
+from workflow.db import make_engine
+from workflow.models import Campaign, utcnow
 from workflow.states import EMAIL_SENDING, TASK_TYPES, Stage, Status, expected_position
 from workflow.store import CampaignStore, Expect
 
@@ -57,26 +62,44 @@ log = logging.getLogger(__name__)
 DEFAULT_POLL_INTERVAL = 1.0
 #: Candidates read per poll.
 DEFAULT_POLL_BATCH = 20
-#: First key of the two-key advisory locks, so ours never collide with another application's (int4).
-ADVISORY_LOCK_CLASS = 0x43450001
+#: How long a poller's claim on a campaign lasts unless renewed, in s (POLL_LEASE; default VISIBILITY_TIMEOUT).
+DEFAULT_POLL_LEASE = DEFAULT_VISIBILITY_TIMEOUT
 
 campaigns = Campaign.__table__
+
+
+@attrs.frozen
+class PollClaim:
+    """One campaign a poller holds: where it was, the claim token, the attempts already spent there."""
+
+    campaign_id: int
+    task_type: str
+    version: int
+    run_id: int
+    token: str
+    attempts: int
+
 
 class PollingContext:
     """The ``TaskContext`` surface for a handler run by the poller.
 
     ``enqueue`` records nothing: in polling mode the database is the queue, and
-    the next stage's poller finds the campaign there.
+    the next stage's poller finds the campaign there. ``attempt`` is the claim
+    token (unique to this claim, like a queue lease's token); ``heartbeat``
+    renews the claim and sets ``lease_lost`` when it was taken away.
     """
 
     def __init__(self, task: Task, worker_id: str, limiter: Any, max_token_sleep: float,
-                 stop: threading.Event | None = None) -> None:
+                 stop: threading.Event | None = None, *, attempt: str | None = None,
+                 renew: Callable[[], bool] | None = None) -> None:
         self.task = task
         self.worker_id = worker_id
+        self.attempt = attempt or uuid.uuid4().hex
         self._limiter = limiter
         self._max_token_sleep = max_token_sleep
         self._stop = stop or threading.Event()
-        #: Never set here: the poller's claim (advisory lock or CAS) cannot be taken away mid-run.
+        self._renew = renew
+        #: Set when a renewal found the claim gone (it lapsed and another poller took the campaign).
         self.lease_lost = threading.Event()
 
     def acquire(self, api: str) -> None:
@@ -93,17 +116,68 @@ class PollingContext:
     def pause(self, api: str, seconds: float) -> None:
         self._limiter.pause(api, seconds)
 
-    def enqueue(self, task_type: str, campaign_id: int) -> None:
+    def enqueue(self, task_type: str, campaign_id: int, run_id: int | None = None) -> None:
         return None
 
     def heartbeat(self) -> bool:
+        """Renew the claim now; False (and ``lease_lost`` set) when it is no longer ours."""
+        if self.lease_lost.is_set():
+            return False
+        if self._renew is not None and not self._renew():
+            self.lease_lost.set()
+            return False
         return True
 
 
-@attrs.define
-class _Backoff:
-    attempts: int = 0
-    not_before: float = 0.0
+class _ClaimKeeper:
+    """Renews the claims of the stages a dispatcher is running, so a stage longer than POLL_LEASE keeps its campaign.
+
+    The polling counterpart of the queue worker's heartbeat: one thread per
+    dispatcher, one UPDATE per round for every claim it holds; a claim found
+    gone (it lapsed and another poller took the campaign) sets its context's
+    ``lease_lost``. A failed round (the database down) is retried next round.
+    """
+
+    #: Rounds per POLL_LEASE: a claim survives two missed rounds.
+    ROUNDS_PER_LEASE = 3
+
+    def __init__(self, engine: Callable[[], Engine], lease: float) -> None:
+        self._engine = engine
+        self.lease = lease
+        self._lock = threading.Lock()
+        self._held: dict[str, tuple[PollClaim, PollingContext]] = {}
+
+    def hold(self, claim: PollClaim, ctx: PollingContext) -> None:
+        with self._lock:
+            self._held[claim.token] = (claim, ctx)
+
+    def drop(self, claim: PollClaim) -> None:
+        with self._lock:
+            self._held.pop(claim.token, None)
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.wait(self.lease / self.ROUNDS_PER_LEASE):
+            try:
+                self.renew_all()
+            except Exception as exc:  # noqa: BLE001 - next round tries again; the claims last a lease
+                log.warning("polling: renewing claims failed (%s); trying again in %.1fs", exc,
+                            self.lease / self.ROUNDS_PER_LEASE)
+
+    def renew_all(self) -> int:
+        """Extend every held claim by POLL_LEASE from now; returns how many were lost."""
+        with self._lock:
+            held = dict(self._held)
+        if not held:
+            return 0
+        owned = campaigns.c.claimed_by.in_(list(held))
+        with self._engine().begin() as conn:
+            conn.execute(update(campaigns).where(owned)
+                         .values(claimed_until=utcnow() + dt.timedelta(seconds=self.lease)))
+            kept = set(conn.execute(select(campaigns.c.claimed_by).where(owned)).scalars())
+        lost = [ctx for token, (_, ctx) in held.items() if token not in kept]
+        for ctx in lost:
+            ctx.lease_lost.set()
+        return len(lost)
 
 
 class PollingDispatcher:
@@ -120,6 +194,7 @@ class PollingDispatcher:
         max_token_sleep: float = 10.0,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         batch: int = DEFAULT_POLL_BATCH,
+        lease: float = DEFAULT_POLL_LEASE,
         start_due: bool | None = None,
         outage_backoff_max: float = DEFAULT_OUTAGE_BACKOFF_MAX,
     ) -> None:
@@ -127,7 +202,6 @@ class PollingDispatcher:
         if unknown:
             raise ValueError(f"no handler for task types {sorted(unknown)}")
         self.store = store
-        self.engine: Engine = store.engine
         self.registry = registry
         self.limiter = limiter
         self.worker_id = worker_id
@@ -135,13 +209,12 @@ class PollingDispatcher:
         self.max_token_sleep = max_token_sleep
         self.poll_interval = poll_interval
         self.batch = batch
+        self.lease = lease
         #: The property_data poller also starts due campaigns, as the old property service did.
         self.start_due = (Stage.PROPERTY_DATA.value in self.task_types) if start_due is None else start_due
-        self.postgres = self.engine.dialect.name == "postgresql"
         self.stop_event = threading.Event()
-        self._mutex = threading.Lock()
-        self._busy: set[int] = set()
-        self._backoff: dict[tuple[int, str], _Backoff] = {}
+        self.keeper = _ClaimKeeper(lambda: self.store.engine, lease)
+        self._count_lock = threading.Lock()
         self.handled = 0
         #: A poll failing (the database down): its backoff and its once-per-outage log lines.
         self._poll_outage = Outage(f"polling worker {worker_id}: database", base=poll_interval,
@@ -151,179 +224,178 @@ class PollingDispatcher:
                                    cap=outage_backoff_max, is_outage=registry.is_outage, logger=log,
                                    consequence="deferring their stages without spending attempts, with backoff")
 
+    @property
+    def engine(self) -> Engine:
+        return self.store.engine
+
     # -- running ------------------------------------------------------------
 
     def run(self, concurrency: int = 1, *, burst: bool = False) -> None:
         """Poll until ``stop()`` (or, with ``burst``, until a poll finds nothing)."""
         threads = [threading.Thread(target=self._loop, args=(burst,), name=f"poller-{i}", daemon=True)
                    for i in range(concurrency)]
+        keeper_stop = threading.Event()
+        keeper = threading.Thread(target=self.keeper.run, args=(keeper_stop,), name="claim-keeper", daemon=True)
+        keeper.start()
         for t in threads:
             t.start()
         for t in threads:
             while t.is_alive():
                 t.join(timeout=0.5)
+        keeper_stop.set()
+        keeper.join()
 
     def stop(self) -> None:
         self.stop_event.set()
 
     def _loop(self, burst: bool) -> None:
-        claim_conn: Connection | None = None
-        try:
-            while not self.stop_event.is_set():
-                try:
-                    if claim_conn is None and self.postgres:
-                        claim_conn = self.engine.connect()
-                    did = self.poll_once(claim_conn)
-                    self._poll_outage.ok()
-                except Exception as exc:  # noqa: BLE001 - a lost database connection must not end the poller
-                    if claim_conn is not None:
-                        claim_conn.invalidate()
-                        claim_conn.close()
-                        claim_conn = None
-                    # One warning per outage (not a traceback per poll), backing off to OUTAGE_BACKOFF_MAX.
-                    self.stop_event.wait(self._poll_outage.failed(exc))
-                    continue
-                if did == 0:
-                    if burst:
-                        return
-                    self.stop_event.wait(self.poll_interval)
-        finally:
-            if claim_conn is not None:
-                claim_conn.close()
+        while not self.stop_event.is_set():
+            try:
+                did = self.poll_once()
+                self._poll_outage.ok()
+            except Exception as exc:  # noqa: BLE001 - a lost database connection must not end the poller
+                # One warning per outage (not a traceback per poll), backing off to OUTAGE_BACKOFF_MAX.
+                self.stop_event.wait(self._poll_outage.failed(exc))
+                continue
+            if did == 0:
+                if burst:
+                    return
+                self.stop_event.wait(self.poll_interval)
 
-    def poll_once(self, claim_conn: Connection | None = None) -> int:
-        """Start due campaigns (if asked), then claim and run one campaign. Returns 1 if it ran one."""
+    def poll_once(self) -> int:
+        """Start due campaigns (if asked), then claim and run one campaign. Returns 1 if it did anything."""
         started = 0
         if self.start_due:
             started = len(self.store.start_due(limit=self.batch, worker_id=self.worker_id))
-        claimed = self._claim(claim_conn)
-        if claimed is None:
+        claim = self.claim()
+        if claim is None:
             return 1 if started else 0
-        campaign_id, task_type = claimed
-        try:
-            self._run(campaign_id, task_type)
-        finally:
-            self._release(campaign_id, claim_conn)
+        self.run_claimed(claim)
         return 1
 
     # -- claiming -------------------------------------------------------------
 
-    def _candidates_query(self) -> Any:
+    def _available(self, now: dt.datetime) -> Any:
+        """Neither claimed by a live poller nor backing off at the campaign's current version."""
+        c = campaigns.c
+        return (or_(c.claimed_until.is_(None), c.claimed_until < now)
+                & or_(c.poll_not_before.is_(None), c.poll_not_before <= now, c.poll_version.is_(None),
+                      c.poll_version != c.version))
+
+    def _candidates_query(self, now: dt.datetime) -> Any:
         stages = [t for t in self.task_types if t != EMAIL_SENDING]
+        c = campaigns.c
         conditions = []
         if stages:
-            conditions.append((campaigns.c.campaign_status == Status.PROCESSING.value)
-                              & campaigns.c.processing_stage.in_(stages))
+            conditions.append((c.campaign_status == Status.PROCESSING.value) & c.processing_stage.in_(stages))
         if EMAIL_SENDING in self.task_types:
-            conditions.append(campaigns.c.campaign_status == Status.READY_TO_SEND.value)
-        where = conditions[0] if len(conditions) == 1 else conditions[0] | conditions[1]
+            conditions.append(c.campaign_status == Status.READY_TO_SEND.value)
         return (
-            select(campaigns.c.id, campaigns.c.campaign_status, campaigns.c.processing_stage)
-            .where(where)
-            .order_by(campaigns.c.updated_at, campaigns.c.id)
+            select(c.id, c.campaign_status, c.processing_stage, c.version, c.run_id, c.poll_attempts, c.poll_version)
+            .where(or_(*conditions), self._available(now))
+            .order_by(c.updated_at, c.id)
             .limit(self.batch)
         )
 
-    def _eligible(self, campaign_id: int, task_type: str, now: float) -> bool:
-        if campaign_id in self._busy:
-            return False
-        backoff = self._backoff.get((campaign_id, task_type))
-        return backoff is None or backoff.not_before <= now
-
-    def _claim(self, claim_conn: Connection | None) -> tuple[int, str] | None:
-        query = self._candidates_query()
-        now = time.monotonic()
-        if self.postgres:
-            assert claim_conn is not None
-            with claim_conn.begin():
-                rows = claim_conn.execute(query.with_for_update(skip_locked=True)).all()
-                for cid, status, stage in rows:
-                    task_type = _task_type(status, stage)
-                    with self._mutex:
-                        if not self._eligible(cid, task_type, now):
-                            continue
-                    locked = claim_conn.execute(
-                        select(func.pg_try_advisory_lock(ADVISORY_LOCK_CLASS, cid))
-                    ).scalar()
-                    if locked:
-                        with self._mutex:
-                            self._busy.add(cid)
-                        return cid, task_type
-            return None
+    def claim(self) -> PollClaim | None:
+        """Claim the first available candidate; None when every one is taken (or there are none)."""
+        now = utcnow()
         with self.engine.connect() as conn:
-            rows = conn.execute(query).all()
-        with self._mutex:
-            for cid, status, stage in rows:
-                task_type = _task_type(status, stage)
-                if self._eligible(cid, task_type, now):
-                    self._busy.add(cid)
-                    return cid, task_type
+            rows = conn.execute(self._candidates_query(now)).all()
+        for row in rows:
+            claim = self._take(row, now)
+            if claim is not None:
+                return claim
         return None
 
-    def _release(self, campaign_id: int, claim_conn: Connection | None) -> None:
-        with self._mutex:
-            self._busy.discard(campaign_id)
-        if self.postgres and claim_conn is not None:
-            with claim_conn.begin():
-                claim_conn.execute(text("SELECT pg_advisory_unlock(:k1, :k2)"),
-                                   {"k1": ADVISORY_LOCK_CLASS, "k2": campaign_id})
+    def _take(self, row: Any, now: dt.datetime) -> PollClaim | None:
+        """The compare-and-set claim of one candidate: ours if it is still where, and as free as, we read it."""
+        token = f"{self.worker_id}/{uuid.uuid4().hex[:12]}"
+        with self.engine.begin() as conn:
+            changed = conn.execute(
+                update(campaigns)
+                .where(campaigns.c.id == row.id, campaigns.c.version == row.version, self._available(now))
+                .values(claimed_by=token, claimed_until=now + dt.timedelta(seconds=self.lease))
+            ).rowcount
+        if changed != 1:
+            return None
+        attempts = row.poll_attempts if row.poll_version == row.version else 0
+        return PollClaim(row.id, _task_type(row.campaign_status, row.processing_stage), row.version, row.run_id,
+                         token, attempts)
+
+    def renew(self, claim: PollClaim) -> bool:
+        """Extend ``claim`` by POLL_LEASE from now; False when it lapsed and another poller took it."""
+        with self.engine.begin() as conn:
+            return conn.execute(
+                update(campaigns)
+                .where(campaigns.c.id == claim.campaign_id, campaigns.c.claimed_by == claim.token)
+                .values(claimed_until=utcnow() + dt.timedelta(seconds=self.lease))
+            ).rowcount == 1
+
+    def _settle(self, claim: PollClaim, *, attempts: int = 0, delay: float | None = None) -> None:
+        """Release the claim and write the stage's bookkeeping: attempts spent, and no run before ``delay`` s.
+
+        When the database is down this fails; the claim then lapses after POLL_LEASE.
+        """
+        values: dict[str, Any] = {"claimed_by": None, "claimed_until": None, "poll_attempts": attempts,
+                                  "poll_version": claim.version if delay is not None else None,
+                                  "poll_not_before": utcnow() + dt.timedelta(seconds=delay) if delay is not None
+                                  else None}
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(update(campaigns)
+                             .where(campaigns.c.id == claim.campaign_id, campaigns.c.claimed_by == claim.token)
+                             .values(**values))
+        except Exception as exc:  # noqa: BLE001 - the claim lapses on its own
+            log.warning("campaign %s: could not release its claim (%s); it lapses in %.0fs", claim.campaign_id,
+                        exc, self.lease)
 
     # -- running one stage -------------------------------------------------------
 
-    def _run(self, campaign_id: int, task_type: str) -> None:
-        status, stage = expected_position(task_type)
-        snapshot = self.store.get(campaign_id)
-        if snapshot is None or (snapshot.campaign_status, snapshot.processing_stage) != (status, stage):
-            return  # moved on since the candidate was read (another poller, a queue worker, an operator)
-        key = (campaign_id, task_type)
-        with self._mutex:
-            backoff = self._backoff.get(key) or _Backoff()
-        task = attrs.evolve(Task.new(task_type, campaign_id), retry_count=backoff.attempts)
-        ctx = PollingContext(task, self.worker_id, self.limiter, self.max_token_sleep, self.stop_event)
-        policy = self.registry.policy(task_type)
-        handler = self.registry.handler(task_type)
+    def run_claimed(self, claim: PollClaim) -> Outcome:
+        """Run the handler of a claimed campaign and carry out what its ending means (engine.outcome.decide)."""
+        task = attrs.evolve(Task.new(claim.task_type, claim.campaign_id, run_id=claim.run_id),
+                            retry_count=claim.attempts)
+        ctx = PollingContext(task, self.worker_id, self.limiter, self.max_token_sleep, self.stop_event,
+                             attempt=claim.token, renew=lambda: self.renew(claim))
+        handler = self.registry.handler(claim.task_type)
         assert handler is not None
+        error: Exception | None = None
+        self.keeper.hold(claim, ctx)
         try:
             handler(task, ctx)
-        except RateLimited as exc:
-            if exc.api:
-                self.limiter.pause(exc.api, exc.retry_after)
-            self._defer(key, backoff, exc.retry_after)
-            return
-        except Discard as exc:
-            log.info("campaign %s %s: nothing to do (%s)", campaign_id, task_type, exc)
-            self._forget(key)
-            return
-        except Permanent as exc:
-            self._dead(task, f"permanent failure: {exc}", repr(exc))
-            self._forget(key)
-            return
-        except Exception as exc:  # noqa: BLE001 - Transient, or unexpected (counts as transient)
-            if self.registry.is_outage(exc):
-                self._defer(key, backoff, self._task_outage.failed(exc))
-                return
-            if policy.exhausted(backoff.attempts):
-                kind = "transient" if isinstance(exc, Transient) else type(exc).__name__
-                self._dead(task, f"{kind} failure after {backoff.attempts + 1} attempts: {exc}", repr(exc))
-                self._forget(key)
-            else:
-                log.warning("campaign %s %s: attempt %d failed: %s", campaign_id, task_type, backoff.attempts + 1, exc)
-                delay = policy.backoff(backoff.attempts)
-                self._defer(key, attrs.evolve(backoff, attempts=backoff.attempts + 1), delay)
-            return
-        self._forget(key)
-        self._task_outage.ok()
-        self.handled += 1
+        except Exception as exc:  # noqa: BLE001 - every ending is decide()'s to judge
+            error = exc
+        finally:
+            self.keeper.drop(claim)
+        outcome = decide(task, error, self.registry.policy(claim.task_type), self.registry.is_outage)
+        self._carry_out(claim, task, outcome, error)
+        return outcome
 
-    def _defer(self, key: tuple[int, str], backoff: _Backoff, seconds: float) -> None:
-        with self._mutex:
-            self._backoff[key] = attrs.evolve(backoff, not_before=time.monotonic() + seconds)
+    def _carry_out(self, claim: PollClaim, task: Task, outcome: Outcome, error: Exception | None) -> None:
+        cid, task_type = claim.campaign_id, claim.task_type
+        if outcome.action is Action.ACK:
+            if outcome.reason:
+                log.info("campaign %s %s: %s", cid, task_type, outcome.reason)
+            self._task_outage.ok()
+            with self._count_lock:
+                self.handled += 1
+            self._settle(claim)
+        elif outcome.action is Action.DEFER:
+            if outcome.pause_api and self.limiter is not None:
+                self.limiter.pause(outcome.pause_api, outcome.delay)
+            self._settle(claim, attempts=claim.attempts, delay=outcome.delay)
+        elif outcome.action is Action.OUTAGE:
+            assert error is not None
+            self._settle(claim, attempts=claim.attempts, delay=self._task_outage.failed(error))
+        elif outcome.action is Action.RETRY:
+            log.warning("campaign %s %s: %s", cid, task_type, outcome.reason)
+            self._settle(claim, attempts=claim.attempts + 1, delay=outcome.delay)
+        else:
+            self._dead(task, outcome.reason, outcome.error)
+            self._settle(claim)
 
-    def _forget(self, key: tuple[int, str]) -> None:
-        with self._mutex:
-            self._backoff.pop(key, None)
-
-    def _dead(self, task: Task, reason: str, error: str) -> None:
+    def _dead(self, task: Task, reason: str, error: str | None) -> None:
         """What the queue engine does with a dead letter: the app's hooks move the campaign to ERROR.
 
         The fail below is a compare-and-set no-op when a hook already did it; it
@@ -331,8 +403,8 @@ class PollingDispatcher:
         """
         self.registry.dead_lettered(task, reason, error)
         status, stage = expected_position(task.task_type)
-        self.store.apply(task.campaign_id, "fail", expect=Expect(status=status, stage=stage), task_id=task.task_id,
-                         worker_id=self.worker_id, error=reason)
+        self.store.apply(task.campaign_id, "fail", expect=Expect(status=status, stage=stage, run_id=task.run_id),
+                         task_id=task.task_id, worker_id=self.worker_id, error=reason)
 
 
 def _task_type(status: str, stage: str) -> str:
@@ -368,7 +440,12 @@ def run_polling_worker(
     burst: bool,
     env: Mapping[str, str],
 ) -> int:
-    """``campaignctl worker`` with DISPATCH_MODE=polling: poll until SIGTERM/SIGINT (or one pass with --burst)."""
+    """``campaignctl worker`` with DISPATCH_MODE=polling: poll until SIGTERM/SIGINT (or one pass with --burst).
+
+    The store's engine (shared with the handlers) is replaced by one whose pool
+    fits ``concurrency`` threads, so no handler waits for a connection.
+    """
+    _size_pool(store, concurrency)
     dispatcher = PollingDispatcher(
         store=store,
         registry=registry,
@@ -378,6 +455,7 @@ def run_polling_worker(
         max_token_sleep=max_token_sleep,
         poll_interval=env_float(env, "POLL_INTERVAL", DEFAULT_POLL_INTERVAL, positive=True),
         batch=env_int(env, "POLL_BATCH", DEFAULT_POLL_BATCH, positive=True),
+        lease=env_float(env, "POLL_LEASE", env_float(env, "VISIBILITY_TIMEOUT", DEFAULT_POLL_LEASE), positive=True),
         outage_backoff_max=env_float(env, "OUTAGE_BACKOFF_MAX", DEFAULT_OUTAGE_BACKOFF_MAX, positive=True),
     )
     if threading.current_thread() is threading.main_thread():
@@ -388,3 +466,9 @@ def run_polling_worker(
     dispatcher.run(concurrency, burst=burst)
     log.info("polling worker %s stopped after %d stages", dispatcher.worker_id, dispatcher.handled)
     return 0
+
+
+def _size_pool(store: CampaignStore, concurrency: int) -> None:
+    old = store.engine
+    store.engine = make_engine(old.url.render_as_string(hide_password=False), concurrency=concurrency)
+    old.dispose()

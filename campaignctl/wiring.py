@@ -103,7 +103,9 @@ def dead_letter_hook(ctx: AppContext, worker_id: str | None = None) -> Callable[
     """Fail the campaign with the reason — only if it is still where the task expected it.
 
     A stale dead letter (the campaign moved on, another copy of the task
-    succeeded) must not fail a campaign, hence the Expect on status and stage.
+    succeeded, or the task belongs to an earlier run that ended at this very
+    stage) must not fail a campaign, hence the Expect on status, stage and,
+    when the task carries one, run.
     """
 
     def hook(task: Task | None, reason: str, error: str | None) -> None:
@@ -114,11 +116,16 @@ def dead_letter_hook(ctx: AppContext, worker_id: str | None = None) -> Callable[
         except ValueError:
             log.warning("dead letter of unknown task type %r: no campaign moved", task.task_type)
             return
-        outcome = ctx.store.apply(task.campaign_id, "fail", expect=Expect(status=status, stage=stage),
+        expect = Expect(status=status, stage=stage, run_id=task.run_id)
+        outcome = ctx.store.apply(task.campaign_id, "fail", expect=expect,
                                   error=reason, task_id=task.task_id, worker_id=worker_id)
         log.log(logging.WARNING if outcome.applied else logging.INFO, "dead letter -> %s", outcome.message)
 
     return hook
+
+
+#: (task type, campaign id, run id): a task to enqueue, carrying the run it belongs to.
+RunTask = tuple[str, int, int]
 
 
 #: The first stage of every run and the provider it calls (one call per campaign).
@@ -145,10 +152,10 @@ def build_producer(ctx: AppContext, name: str, stop: Any = None) -> Any:
                     backlog_types=(FIRST_STAGE,), max_backlog=producer_backlog(ctx))
 
 
-def producer_source(ctx: AppContext, worker_id: str | None = None) -> Callable[[int], list[tuple[str, int, int]]]:
+def producer_source(ctx: AppContext, worker_id: str | None = None) -> Callable[[int], list[RunTask]]:
     """Start due campaigns (set-based, in the database) and return their first tasks, with the run id."""
 
-    def source(limit: int) -> list[tuple[str, int, int]]:
+    def source(limit: int) -> list[RunTask]:
         out = []
         for snap in ctx.store.start_due(limit=limit, worker_id=worker_id):
             task_type = task_type_for(snap.campaign_status, snap.processing_stage)

@@ -100,12 +100,29 @@ def begin(task: Task, deps: Deps) -> Snapshot | None:
     snap = deps.store.get(task.campaign_id)
     if snap is None:
         raise Discard(f"campaign {task.campaign_id} does not exist")
+    if is_stale(task, snap):
+        return None
     status, stage = expected_position(task.task_type)
     if snap.campaign_status is not status or snap.processing_stage is not stage:
         log.info("%s task %s for campaign %s: campaign is %s, nothing to do (duplicate or stale)",
                  task.task_type, task.task_id, snap.id, snap.state_name)
         return None
     return snap
+
+
+def is_stale(task: Task, snap: Snapshot) -> bool:
+    """Whether the task belongs to another run of its campaign (logged): its work is not this run's.
+
+    A task left over from an earlier run (a redelivery, a stale reconcile) may
+    find the campaign at the same stage of a newer run; without this check it
+    would do that run's work under the old task's identity. Tasks without a
+    run id (made before run ids existed, or by hand) are never stale.
+    """
+    if task.run_id is None or task.run_id == snap.run_id:
+        return False
+    log.info("%s task %s for campaign %s belongs to run %s, the campaign is at run %s: nothing to do (stale)",
+             task.task_type, task.task_id, snap.id, task.run_id, snap.run_id)
+    return True
 
 
 def earlier(deps: Deps, snap: Snapshot, stage: Stage) -> dict[str, Any] | None:
@@ -149,7 +166,7 @@ def complete(
         return outcome
     nxt = task_type_for(outcome.after.campaign_status, outcome.after.processing_stage)
     if nxt is not None:
-        ctx.enqueue(nxt, cid)
+        ctx.enqueue(nxt, cid, run_id=outcome.after.run_id)
     return outcome
 
 
@@ -190,4 +207,4 @@ def zip_of(deps: Deps, snap: Snapshot) -> str:
     return str(facts.get("zipcode") or snap.zip_code)
 
 
-__all__ = ["Deps", "Providers", "begin", "complete", "earlier", "with_fallback", "zip_of", "PIPELINE"]
+__all__ = ["Deps", "Providers", "begin", "complete", "earlier", "is_stale", "with_fallback", "zip_of", "PIPELINE"]

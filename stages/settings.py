@@ -62,6 +62,9 @@ DEFAULT_TIMEOUTS: dict[str, float] = {
 }
 #: How long the SES bucket is paused after "Daily message quota exceeded", in s (SES_QUOTA_WAIT).
 DEFAULT_SES_QUOTA_WAIT = 3600.0
+#: How long a sender holds its send intent before another sender may take it over or call it unknown, in s
+#: (SEND_INTENT_LEASE). Renewed right before the SES call; longer than the SES timeout plus the record.
+DEFAULT_SEND_INTENT_LEASE = 60.0
 #: Bedrock output limit per call, in tokens.
 DEFAULT_BEDROCK_MAX_TOKENS = 800
 #: Placeholder key used against the sandbox when no key is configured.
@@ -109,6 +112,7 @@ class ProviderSettings:
     bursts: dict[str, int]
     rate_scale: float
     ses_quota_wait: float
+    send_intent_lease: float
     auto_approve: bool
 
     @classmethod
@@ -154,6 +158,7 @@ class ProviderSettings:
             bursts=bursts,
             rate_scale=env_float(env, "RATE_SCALE", 1.0, positive=True),
             ses_quota_wait=env_float(env, "SES_QUOTA_WAIT", DEFAULT_SES_QUOTA_WAIT, positive=True),
+            send_intent_lease=env_float(env, "SEND_INTENT_LEASE", DEFAULT_SEND_INTENT_LEASE, positive=True),
             auto_approve=env_bool(env, "AUTO_APPROVE"),
         )
 

@@ -276,9 +276,9 @@ def test_graph_prints_the_machine(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_migrate_down_and_up(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "migrate", "--downgrade", "0001")
-    assert code == 0 and out.strip() == "database at revision 0001 (was 0002)"
+    assert code == 0 and out.strip() == "database at revision 0001 (was 0003)"
     code, out, _ = run(capsys, "migrate")
-    assert code == 0 and out.strip() == "database at revision 0002 (was 0001)"
+    assert code == 0 and out.strip() == "database at revision 0003 (was 0001)"
     code, _, err = run(capsys, "migrate", "--revision", "nope")
     assert code == 2 and "nope" in err
 
@@ -342,7 +342,7 @@ def test_an_old_system_database_is_stamped_then_upgraded(capsys: pytest.CaptureF
         # When it is stamped at 0001 and migrated
         assert run(capsys, "migrate", "--stamp", "0001")[0] == 0
         code, out, _ = run(capsys, "migrate")
-        assert code == 0 and "0002 (was 0001)" in out
+        assert code == 0 and "0003 (was 0001)" in out
         # Then the campaign is where its legacy columns put it
         code, out, _ = run(capsys, "show", "1", "--json")
         doc = json.loads(out)

@@ -19,14 +19,18 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
 from sqlalchemy import select
 
-from campaignctl.polling import PollingDispatcher, parse_dispatch_mode
-from engine.registry import Registry
+from campaignctl.polling import PollingContext, PollingDispatcher, _size_pool, parse_dispatch_mode
+from engine.errors import Transient
+from engine.outcome import Action
+from engine.registry import Handler, Registry
 from engine.retry import RetryPolicy
+from engine.task import Task
 from tests.servers import free_port, stop_groups
 from workflow import machine
 from workflow.db import make_engine
@@ -44,6 +48,8 @@ SCALE = 60
 RUN_TIMEOUT = 90.0
 #: Seconds the services get to stop on SIGTERM before their groups are killed.
 STOP_GRACE = 15.0
+#: Poller threads of the concurrency test: more than the old pool (5 + 10 overflow) could serve.
+CONCURRENCY = 20
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -204,32 +210,52 @@ def test_both_dispatch_modes_side_by_side(services: Services, pg_url: str) -> No
     _check_sandbox(services)
 
 
-def test_two_pollers_never_run_one_campaign_at_once(pg_url: str) -> None:
-    """SKIP LOCKED + the advisory lock: each campaign's stage runs once with two pollers × 3 threads."""
-    # Given 12 campaigns at property_data and a handler that takes a while and records its runs
-    engine = make_engine(pg_url)
-    Base.metadata.create_all(engine)
-    store = CampaignStore(engine)
-    with engine.begin() as conn:
+def _campaigns_at_property_data(store: CampaignStore, count: int) -> list[int]:
+    with store.engine.begin() as conn:
         conn.execute(Campaign.__table__.insert(), [
             {"owner_name": f"Owner {i}", "email": f"o{i}@example.com", "street": f"{i} Main St", "city": "Austin",
-             "state": "TX", "zip_code": "78701"} for i in range(12)])
-    assert len(store.start_due(limit=100)) == 12
-    runs: Counter[int] = Counter()
-    lock = threading.Lock()
+             "state": "TX", "zip_code": "78701"} for i in range(count)])
+    return [s.id for s in store.start_due(limit=count)]
 
-    def handle(task, ctx) -> None:  # type: ignore[no-untyped-def]
-        with lock:
-            runs[task.campaign_id] += 1
-        time.sleep(0.2)
+
+def _advance(store: CampaignStore) -> Handler:
+    def handle(task: Task, ctx: Any) -> None:
         store.apply(task.campaign_id, "advance", expect=Expect(Status.PROCESSING, Stage.PROPERTY_DATA),
                     task_id=task.task_id, worker_id=ctx.worker_id)
 
+    return handle
+
+
+def _registry(handle: Handler, max_attempts: int = 2) -> Registry:
     registry = Registry()
-    registry.register("property_data", handle, RetryPolicy(max_attempts=2, base=0.1, cap=0.1))
-    pollers = [PollingDispatcher(store=CampaignStore(make_engine(pg_url)), registry=registry, limiter=None,
-                                 worker_id=f"poller-{i}", task_types=["property_data"], poll_interval=0.05,
-                                 start_due=False) for i in range(2)]
+    registry.register("property_data", handle, RetryPolicy(max_attempts=max_attempts, base=0.01, cap=0.01))
+    return registry
+
+
+def _poller(db_url: str, registry: Registry, name: str, **kwargs: Any) -> PollingDispatcher:
+    """A dispatcher with its own engine, as another process would have."""
+    kwargs.setdefault("poll_interval", 0.05)
+    kwargs.setdefault("task_types", ["property_data"])
+    return PollingDispatcher(store=CampaignStore(make_engine(db_url)), registry=registry, limiter=None,
+                             worker_id=name, start_due=False, **kwargs)
+
+
+def test_two_pollers_never_run_one_campaign_at_once(store: CampaignStore, db_url: str) -> None:
+    """Claims are compare-and-set UPDATEs: each campaign's stage runs once with two pollers × 3 threads."""
+    # finding 9
+    # Given 12 campaigns at property_data and a handler that takes a while and records its runs
+    _campaigns_at_property_data(store, 12)
+    runs: Counter[int] = Counter()
+    lock = threading.Lock()
+    advance = _advance(store)
+
+    def handle(task: Task, ctx: Any) -> None:
+        with lock:
+            runs[task.campaign_id] += 1
+        time.sleep(0.2)
+        advance(task, ctx)
+
+    pollers = [_poller(db_url, _registry(handle), f"poller-{i}") for i in range(2)]
     # When both poll with three threads each until nothing is left
     threads = [threading.Thread(target=p.run, args=(3,), kwargs={"burst": True}) for p in pollers]
     for t in threads:
@@ -243,7 +269,158 @@ def test_two_pollers_never_run_one_campaign_at_once(pg_url: str) -> None:
     print(f"handled per poller: {[p.handled for p in pollers]}")
     for p in pollers:
         p.store.engine.dispose()
+
+
+def test_a_claimed_campaign_is_skipped_until_its_claim_lapses(store: CampaignStore, db_url: str) -> None:
+    # finding 9: claims are in the database (not a process's memory), and a dead poller's claim lapses
+    [cid] = _campaigns_at_property_data(store, 1)
+    first = _poller(db_url, _registry(_advance(store)), "poller-a", lease=0.2)
+    second = _poller(db_url, _registry(_advance(store)), "poller-b")
+    # Given the first poller holds the campaign (and then dies without releasing it)
+    held = first.claim()
+    assert held is not None and held.campaign_id == cid
+    # Then another poller skips it while the claim is live
+    assert second.claim() is None
+    # And takes it once the claim has lapsed; the dead poller's renewal then fails
+    time.sleep(0.3)
+    taken = second.claim()
+    assert taken is not None and taken.campaign_id == cid
+    assert first.renew(held) is False
+    second.run_claimed(taken)
+    assert store.get(cid).processing_stage is Stage.ACTIVE_LISTINGS
+    for p in (first, second):
+        p.store.engine.dispose()
+
+
+def test_the_claim_of_a_running_stage_is_kept_alive(store: CampaignStore, db_url: str) -> None:
+    # finding 9: a stage longer than POLL_LEASE keeps its campaign; a claim taken away is reported lost
+    [cid] = _campaigns_at_property_data(store, 1)
+    first = _poller(db_url, _registry(_advance(store)), "poller-a", lease=1.0)
+    second = _poller(db_url, _registry(_advance(store)), "poller-b")
+    held = first.claim()
+    assert held is not None
+    ctx = PollingContext(Task.new("property_data", cid), "poller-a", None, 1.0, attempt=held.token)
+    first.keeper.hold(held, ctx)
+    # Given the keeper renews the claim before it lapses
+    time.sleep(0.6)
+    assert first.keeper.renew_all() == 0
+    time.sleep(0.6)
+    # Then no other poller can take the campaign, though the first lease is over
+    assert second.claim() is None
+    # When the keeper misses its rounds and another poller takes the lapsed claim
+    time.sleep(0.6)
+    assert second.claim() is not None
+    # Then the next round reports the claim lost to the running handler
+    assert first.keeper.renew_all() == 1 and ctx.lease_lost.is_set()
+    for p in (first, second):
+        p.store.engine.dispose()
+
+
+def test_running_campaigns_do_not_fill_the_batch(store: CampaignStore, db_url: str) -> None:
+    # finding 9: claimed rows are skipped in SQL, so they never take a poller's LIMIT POLL_BATCH
+    ids = _campaigns_at_property_data(store, 3)
+    busy = _poller(db_url, _registry(_advance(store)), "poller-a", batch=2)
+    other = _poller(db_url, _registry(_advance(store)), "poller-b", batch=2)
+    # Given two campaigns running on one poller (the oldest two: the whole of a batch of 2)
+    running = [busy.claim(), busy.claim()]
+    assert sorted(c.campaign_id for c in running if c) == ids[:2]
+    # Then another poller still finds the third
+    third = other.claim()
+    assert third is not None and third.campaign_id == ids[2]
+    for p in (busy, other):
+        p.store.engine.dispose()
+
+
+def test_attempts_survive_a_dispatcher_restart(store: CampaignStore, db_url: str) -> None:
+    # finding 9: attempts and backoff live in the database, so max attempts hold across processes
+    [cid] = _campaigns_at_property_data(store, 1)
+
+    def fail(task: Task, ctx: Any) -> None:
+        raise Transient("zillow: 503")
+
+    # Given a poller whose one attempt failed (of two allowed)
+    first = _poller(db_url, _registry(fail), "poller-a")
+    assert first.run_claimed(first.claim()).action is Action.RETRY
+    first.store.engine.dispose()
+    # When a new poller (a restart) takes the campaign once its backoff is over
+    restarted = _poller(db_url, _registry(fail), "poller-b")
+    time.sleep(0.05)
+    claim = restarted.claim()
+    assert claim is not None and claim.attempts == 1
+    # Then its failure is the last attempt: the campaign goes to ERROR
+    assert restarted.run_claimed(claim).action is Action.DEAD
+    assert store.get(cid).campaign_status is Status.ERROR
+    restarted.store.engine.dispose()
+
+
+def test_attempts_belong_to_their_stage(store: CampaignStore, db_url: str) -> None:
+    # finding 9: the next stage starts at 0 attempts
+    [cid] = _campaigns_at_property_data(store, 1)
+    failures = [Transient("zillow: 503")]
+
+    def flaky(task: Task, ctx: Any) -> None:
+        if failures:
+            raise failures.pop()
+        _advance(store)(task, ctx)
+
+    registry = _registry(flaky, max_attempts=3)
+    registry.register("active_listings", flaky, RetryPolicy(max_attempts=3, base=0.01, cap=0.01))
+    poller = _poller(db_url, registry, "poller-a", task_types=["property_data", "active_listings"])
+    assert poller.run_claimed(poller.claim()).action is Action.RETRY
+    time.sleep(0.05)
+    claim = poller.claim()
+    assert claim is not None and claim.attempts == 1
+    assert poller.run_claimed(claim).action is Action.ACK
+    nxt = poller.claim()
+    assert nxt is not None and (nxt.task_type, nxt.attempts) == ("active_listings", 0)
+    assert store.get(cid).processing_stage is Stage.ACTIVE_LISTINGS
+    poller.store.engine.dispose()
+
+
+def test_concurrency_20_does_not_starve(pg_url: str) -> None:
+    # finding 9: no connection is held per poller thread, and the pool fits the concurrency
+    engine = make_engine(pg_url)
+    Base.metadata.create_all(engine)
+    store = CampaignStore(engine)
+    _campaigns_at_property_data(store, 40)
+    # Given one store (its pool sized to the concurrency) shared by the poller and its handlers, as in a worker
+    shared = CampaignStore(make_engine(pg_url, concurrency=CONCURRENCY))
+    running, peak = [0], [0]
+    lock = threading.Lock()
+    advance = _advance(shared)
+
+    def handle(task: Task, ctx: Any) -> None:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        with shared.engine.connect() as conn:  # a handler holding a connection while it works
+            conn.exec_driver_sql("SELECT 1")
+            time.sleep(0.3)
+        advance(task, ctx)
+        with lock:
+            running[0] -= 1
+
+    poller = PollingDispatcher(store=shared, registry=_registry(handle, max_attempts=1), limiter=None,
+                               worker_id="poller-a", task_types=["property_data"], start_due=False,
+                               poll_interval=0.05)
+    # When it runs 20 threads
+    thread = threading.Thread(target=poller.run, args=(CONCURRENCY,), kwargs={"burst": True})
+    thread.start()
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert store.counts()["stages"]["active_listings"] == 40
+    # Then every campaign advanced, more than 15 at once (what the old pool could serve), none deferred
+    assert poller.handled == 40 and peak[0] > 15, (poller.handled, peak[0])
+    shared.engine.dispose()
     engine.dispose()
+
+
+def test_the_polling_worker_sizes_its_pool_to_the_concurrency(db_url: str) -> None:
+    # finding 9
+    store = CampaignStore(make_engine(db_url))
+    _size_pool(store, CONCURRENCY)
+    assert store.engine.pool.size() >= CONCURRENCY
+    store.engine.dispose()
 
 
 def test_dispatch_mode_setting_is_validated() -> None:

@@ -18,6 +18,11 @@ from sqlalchemy.engine import make_url
 DEFAULT_SQLITE_FILE = "campaign-engine.db"
 #: How long a SQLite writer waits for the lock before giving up, in ms.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: Pooled connections when the caller does not say how many threads use the engine.
+DEFAULT_POOL_SIZE = 5
+#: Connections beyond one per handler thread (a poll's own query, a dead-letter hook, a ping), and the
+#: overflow allowed above the pool for bursts.
+POOL_HEADROOM = 4
 
 
 def database_url(env: dict[str, str] | None = None) -> str:
@@ -34,13 +39,27 @@ def normalise_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str | None = None, **kwargs: object) -> Engine:
+def make_engine(url: str | None = None, *, concurrency: int | None = None, **kwargs: object) -> Engine:
+    """An engine for ``url``; ``concurrency`` sizes its pool for that many threads using it at once.
+
+    Each handler thread holds at most one connection at a time; a pool smaller
+    than the thread count makes threads wait for a connection (and time out,
+    which the engine reads as a database outage) though the database is fine.
+    """
     url = normalise_url(url or database_url())
+    for key, value in pool_options(concurrency).items():
+        kwargs.setdefault(key, value)
     if make_url(url).get_backend_name() == "sqlite":
         return _sqlite_engine(url, **kwargs)
     kwargs.setdefault("pool_pre_ping", True)
-    kwargs.setdefault("pool_size", 5)
     return create_engine(url, **kwargs)
+
+
+def pool_options(concurrency: int | None) -> dict[str, int]:
+    """pool_size/max_overflow for ``concurrency`` threads (the defaults when None)."""
+    if concurrency is None:
+        return {"pool_size": DEFAULT_POOL_SIZE}
+    return {"pool_size": max(DEFAULT_POOL_SIZE, concurrency + POOL_HEADROOM), "max_overflow": POOL_HEADROOM}
 
 
 def _sqlite_engine(url: str, **kwargs: object) -> Engine:

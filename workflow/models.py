@@ -74,6 +74,19 @@ class Campaign(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
+    # The polling dispatch's claim and retry bookkeeping (campaignctl.polling), in the database so it
+    # holds across pollers, processes and restarts. The queue dispatch never reads these.
+    #: Who runs this campaign's stage now: a poller's claim token (worker id and a random part).
+    claimed_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    #: The claim lapses at this time (UTC); a dead poller's campaign is then taken by another.
+    claimed_until: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    #: Failed attempts of the stage at ``poll_version`` (any transition starts again at 0).
+    poll_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: The campaign version the attempts and the backoff belong to.
+    poll_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: No poller runs the stage at ``poll_version`` before this time (UTC): retry backoff, deferrals.
+    poll_not_before: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+
     __table_args__ = (
         Index("ix_campaigns_status_next_run_at", "campaign_status", "next_run_at"),
         Index("ix_campaigns_status_updated_at", "campaign_status", "updated_at"),
@@ -135,8 +148,14 @@ class EmailSend(Base):
     state: Mapped[str] = mapped_column(String(20), default="intent")
     recipient: Mapped[str] = mapped_column(String(320))
     message_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    #: The owner of the intent is (task_id, attempt): the task and its lease (fencing token).
     task_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    attempt: Mapped[str | None] = mapped_column(String(64), nullable=True)
     worker_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    #: The owner's hold on the intent lapses at this time (UTC); NULL on rows from before owners existed.
+    lease_until: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    #: Set right before the SES call: after it, nobody may take the intent over (the email may be out).
+    call_started_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     sent_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
 

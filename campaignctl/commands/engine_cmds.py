@@ -168,6 +168,8 @@ def _worker(args: argparse.Namespace) -> int:
 
     worker_id = new_worker_id()
     ctx = _ctx(worker_id)
+    # Each handler thread holds a database connection at a time: a smaller pool would starve them.
+    ctx.db_concurrency = args.concurrency or DEFAULT_CONCURRENCY
     registry = wiring.build_registry(ctx, worker_id=worker_id)
     # Last stage first: a campaign near the end frees its slot before new ones start,
     # so the slow providers early in the pipeline never starve the later ones.

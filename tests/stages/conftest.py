@@ -159,11 +159,14 @@ class Harness:
 
     def run(self, task_type: str, campaign_id: int) -> Task:
         """Run one task of ``task_type`` for the campaign through its handler, as a worker would call it."""
+        return self.run_task(Task.new(task_type, campaign_id))
+
+    def run_task(self, task: Task, ctx: Any = None, deps: Deps | None = None) -> Task:
+        """Run ``task`` through its handler (with ``ctx`` and ``deps`` when given)."""
         from stages.handlers import build_handlers
 
-        task = Task.new(task_type, campaign_id)
-        handler, _policy = build_handlers(None, deps=self.deps)[task_type]
-        handler(task, self.ctx(task))
+        handler, _policy = build_handlers(None, deps=deps or self.deps)[task.task_type]
+        handler(task, ctx or self.ctx(task))
         return task
 
     def ctx(self, task: Task) -> TaskContext:

@@ -6,6 +6,7 @@ exactly as a worker calls them; the worker itself is covered end to end.
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from typing import Any
 
@@ -19,7 +20,7 @@ from engine.settings import EngineSettings
 from stages.errors import PermanentError, TransientError
 from tests.stages.conftest import Harness, Sandbox
 from workflow import sends
-from workflow.models import EmailSend, StageResult
+from workflow.models import EmailSend, StageResult, utcnow
 from workflow.seed import NewCampaign, insert_campaigns
 from workflow.states import EMAIL_SENDING, PIPELINE, Stage, Status
 from workflow.store import CampaignStore
@@ -202,8 +203,11 @@ def test_leftover_intent_means_unknown_and_no_ses_call(harness: Harness, fast_sa
     cid = seed(store)
     _to_ready_to_send(harness, cid)
     snap = store.get(cid)
-    with store.engine.begin() as conn:  # what a sender that died after its intent leaves behind
-        sends.claim(conn, cid, snap.run_id, snap.email, task_id="dead-task", worker_id="dead-worker")
+    with store.engine.begin() as conn:  # what a sender that died after its SES call leaves behind
+        dead = sends.Owner("dead-task", "dead-attempt", "dead-worker")
+        long_ago = utcnow() - dt.timedelta(minutes=5)
+        sends.claim(conn, cid, snap.run_id, snap.email, dead, lease=60, now=long_ago)
+        assert sends.start_call(conn, cid, snap.run_id, dead, lease=60, now=long_ago)
     harness.run(EMAIL_SENDING, cid)
     assert store.get(cid).campaign_status is Status.SEND_OUTCOME_UNKNOWN
     assert fast_sandbox.stats()["calls"].get("ses", 0) == 0

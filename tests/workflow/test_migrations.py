@@ -29,6 +29,9 @@ from workflow.store import CampaignStore
 
 NEW_TABLES = {"campaign_events", "stage_results", "email_sends"}
 NEW_COLUMNS = {"campaign_status", "processing_stage", "version", "run_id", "next_run_at", "last_error"}
+#: Revision 0003: the polling dispatch's claims and attempts, the send intent's owner and lease.
+POLL_COLUMNS = {"claimed_by", "claimed_until", "poll_attempts", "poll_version", "poll_not_before"}
+INTENT_COLUMNS = {"attempt", "lease_until", "call_started_at"}
 
 #: The campaigns table as schema 0001 has it (only what the tests write and read).
 legacy = sa.Table(
@@ -89,13 +92,19 @@ def positions(engine: Engine) -> dict[int, tuple[Status, Stage]]:
 
 def test_upgrade_downgrade_upgrade_and_head_matches_models(db_url: str, engine: Engine) -> None:
     runner.upgrade(db_url)
-    assert runner.current(engine=engine) == runner.head() == "0002"
+    assert runner.current(engine=engine) == runner.head() == "0003"
     assert tables(engine) == {"campaigns"} | NEW_TABLES
+    assert schema_diff(engine) == []
+
+    runner.downgrade(db_url, "0002")
+    assert columns(engine, "campaigns") & POLL_COLUMNS == set()
+    assert columns(engine, "email_sends") & INTENT_COLUMNS == set()
+    runner.upgrade(db_url)
     assert schema_diff(engine) == []
 
     runner.downgrade(db_url, "0001")
     assert tables(engine) == {"campaigns"}
-    assert columns(engine, "campaigns") & NEW_COLUMNS == set()
+    assert columns(engine, "campaigns") & (NEW_COLUMNS | POLL_COLUMNS) == set()
     assert set(LEGACY_COLUMNS) <= columns(engine, "campaigns")
 
     runner.downgrade(db_url, "base")
