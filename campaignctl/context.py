@@ -24,6 +24,8 @@ class AppContext:
         #: CLIENT SETNAME of every Redis connection of this process (a worker's id: recovery then sees at
         #: once when its process is gone). Set before ``redis`` is first used.
         self.client_name = client_name
+        #: Threads that use the database at once (a worker's concurrency): sizes the pool. Set before ``db``.
+        self.db_concurrency: int | None = None
 
     @functools.cached_property
     def settings(self) -> EngineSettings:
@@ -35,7 +37,7 @@ class AppContext:
 
     @functools.cached_property
     def db(self) -> Engine:
-        return make_engine(self.database_url)
+        return make_engine(self.database_url, concurrency=self.db_concurrency)
 
     @functools.cached_property
     def store(self) -> CampaignStore:

@@ -19,8 +19,9 @@ threads, processes, hosts and restarts, on SQLite and PostgreSQL alike:
   backing off>``; the row that changes is ours. Claimed rows are skipped in the
   candidates' SQL, so running campaigns never fill a poller's ``LIMIT
   POLL_BATCH``. A claim lapses after POLL_LEASE: a dead poller's campaign is
-  taken by another. ``PollingContext.heartbeat()`` renews it. No connection is
-  held while a stage runs.
+  taken by another. While a stage runs, the dispatcher's claim keeper renews
+  its claim every POLL_LEASE/3 (``PollingContext.heartbeat()`` renews it at
+  once). No connection is held while a stage runs.
 - Attempts and backoff (``poll_attempts``, ``poll_not_before``) belong to the
   campaign version they were counted at (``poll_version``): the next stage, or
   a retry of a failed campaign, starts at 0; max attempts hold fleet-wide.
@@ -128,6 +129,57 @@ class PollingContext:
         return True
 
 
+class _ClaimKeeper:
+    """Renews the claims of the stages a dispatcher is running, so a stage longer than POLL_LEASE keeps its campaign.
+
+    The polling counterpart of the queue worker's heartbeat: one thread per
+    dispatcher, one UPDATE per round for every claim it holds; a claim found
+    gone (it lapsed and another poller took the campaign) sets its context's
+    ``lease_lost``. A failed round (the database down) is retried next round.
+    """
+
+    #: Rounds per POLL_LEASE: a claim survives two missed rounds.
+    ROUNDS_PER_LEASE = 3
+
+    def __init__(self, engine: Callable[[], Engine], lease: float) -> None:
+        self._engine = engine
+        self.lease = lease
+        self._lock = threading.Lock()
+        self._held: dict[str, tuple[PollClaim, PollingContext]] = {}
+
+    def hold(self, claim: PollClaim, ctx: PollingContext) -> None:
+        with self._lock:
+            self._held[claim.token] = (claim, ctx)
+
+    def drop(self, claim: PollClaim) -> None:
+        with self._lock:
+            self._held.pop(claim.token, None)
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.wait(self.lease / self.ROUNDS_PER_LEASE):
+            try:
+                self.renew_all()
+            except Exception as exc:  # noqa: BLE001 - next round tries again; the claims last a lease
+                log.warning("polling: renewing claims failed (%s); trying again in %.1fs", exc,
+                            self.lease / self.ROUNDS_PER_LEASE)
+
+    def renew_all(self) -> int:
+        """Extend every held claim by POLL_LEASE from now; returns how many were lost."""
+        with self._lock:
+            held = dict(self._held)
+        if not held:
+            return 0
+        owned = campaigns.c.claimed_by.in_(list(held))
+        with self._engine().begin() as conn:
+            conn.execute(update(campaigns).where(owned)
+                         .values(claimed_until=utcnow() + dt.timedelta(seconds=self.lease)))
+            kept = set(conn.execute(select(campaigns.c.claimed_by).where(owned)).scalars())
+        lost = [ctx for token, (_, ctx) in held.items() if token not in kept]
+        for ctx in lost:
+            ctx.lease_lost.set()
+        return len(lost)
+
+
 class PollingDispatcher:
     """Polls the database for campaigns at the given task types and runs their handlers."""
 
@@ -161,6 +213,7 @@ class PollingDispatcher:
         #: The property_data poller also starts due campaigns, as the old property service did.
         self.start_due = (Stage.PROPERTY_DATA.value in self.task_types) if start_due is None else start_due
         self.stop_event = threading.Event()
+        self.keeper = _ClaimKeeper(lambda: self.store.engine, lease)
         self._count_lock = threading.Lock()
         self.handled = 0
         #: A poll failing (the database down): its backoff and its once-per-outage log lines.
@@ -181,11 +234,16 @@ class PollingDispatcher:
         """Poll until ``stop()`` (or, with ``burst``, until a poll finds nothing)."""
         threads = [threading.Thread(target=self._loop, args=(burst,), name=f"poller-{i}", daemon=True)
                    for i in range(concurrency)]
+        keeper_stop = threading.Event()
+        keeper = threading.Thread(target=self.keeper.run, args=(keeper_stop,), name="claim-keeper", daemon=True)
+        keeper.start()
         for t in threads:
             t.start()
         for t in threads:
             while t.is_alive():
                 t.join(timeout=0.5)
+        keeper_stop.set()
+        keeper.join()
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -303,10 +361,13 @@ class PollingDispatcher:
         handler = self.registry.handler(claim.task_type)
         assert handler is not None
         error: Exception | None = None
+        self.keeper.hold(claim, ctx)
         try:
             handler(task, ctx)
         except Exception as exc:  # noqa: BLE001 - every ending is decide()'s to judge
             error = exc
+        finally:
+            self.keeper.drop(claim)
         outcome = decide(task, error, self.registry.policy(claim.task_type), self.registry.is_outage)
         self._carry_out(claim, task, outcome, error)
         return outcome

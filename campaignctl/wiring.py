@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import select
 
 from campaignctl.context import AppContext
 from campaignctl.limits import rate_limits
@@ -24,14 +23,17 @@ from engine.ratelimit import RateLimiter
 from engine.registry import Registry
 from engine.retry import RetryPolicy
 from engine.task import Task
-from workflow.models import Campaign
 from workflow.states import TASK_TYPES, expected_position, task_type_for
+from workflow.models import utcnow
 from workflow.store import Expect
 
 log = logging.getLogger(__name__)
 
 #: Campaigns read per page by the reconcile source.
 RECONCILE_PAGE = 1000
+#: Reconcile's window reaches this far before its cursor: a transaction that committed late (its
+#: updated_at is its start) or an app server whose clock lags by less than this is still seen.
+RECONCILE_LOOKBACK = dt.timedelta(seconds=30)
 
 
 def build_queue(ctx: AppContext) -> TaskQueue:
@@ -126,8 +128,32 @@ def dead_letter_hook(ctx: AppContext, worker_id: str | None = None) -> Callable[
 RunTask = tuple[str, int, int]
 
 
+#: The first stage of every run and the provider it calls (one call per campaign).
+FIRST_STAGE, FIRST_STAGE_API = "property_data", "zillow"
+
+
+def producer_backlog(ctx: AppContext) -> int:
+    """PRODUCER_MAX_BACKLOG, or by default what the first stage's provider serves in PRODUCER_HORIZON.
+
+    At least PRODUCER_BATCH, so one batch always fits. 0 = no limit.
+    """
+    settings = ctx.settings
+    if settings.producer_max_backlog is not None:
+        return settings.producer_max_backlog
+    rate = build_limiter(ctx).rate(FIRST_STAGE_API)
+    return max(settings.producer_batch, int(rate * settings.producer_horizon))
+
+
+def build_producer(ctx: AppContext, name: str, stop: Any = None) -> Any:
+    """The producer service: due campaigns started set-based, with backpressure on the first stage's queue."""
+    from engine.producer import Producer
+
+    return Producer(build_queue(ctx), ctx.settings, producer_source(ctx, name), is_outage=database_outage, stop=stop,
+                    backlog_types=(FIRST_STAGE,), max_backlog=producer_backlog(ctx))
+
+
 def producer_source(ctx: AppContext, worker_id: str | None = None) -> Callable[[int], list[RunTask]]:
-    """Start due campaigns (compare-and-set in the database) and return their first tasks, with their run."""
+    """Start due campaigns (set-based, in the database) and return their first tasks, with the run id."""
 
     def source(limit: int) -> list[RunTask]:
         out = []
@@ -140,29 +166,52 @@ def producer_source(ctx: AppContext, worker_id: str | None = None) -> Callable[[
     return source
 
 
-def reconcile_source(ctx: AppContext) -> Callable[[], Iterator[RunTask]]:
-    """Campaigns that need a live task and have not moved for STALL_THRESHOLD, page by page, with their run."""
-    older_than = dt.timedelta(seconds=ctx.settings.stall_threshold)
+def reconcile_source(ctx: AppContext) -> ReconcileFromDatabase:
+    """What recovery's reconcile enqueues: campaigns that need a live task, by what changed."""
+    return ReconcileFromDatabase(ctx)
 
-    def source() -> Iterator[RunTask]:
+
+class ReconcileFromDatabase:
+    """engine.recovery.IncrementalSource over the campaigns table.
+
+    A campaign that needs a task (PROCESSING, READY_TO_SEND) and has had none
+    for STALL_THRESHOLD since it last changed gets one. The cursor is a time:
+    each pass reads only the campaigns whose ``updated_at`` passed the
+    threshold since the last pass (looking back RECONCILE_LOOKBACK more, for
+    transactions that committed late), through the (status, updated_at)
+    index — a pass costs what changed, whether a million campaigns rest or
+    wait in queues. ``full()`` pages through every such campaign (after Redis
+    lost its data). Tasks carry the campaign's run id.
+    """
+
+    def __init__(self, ctx: AppContext) -> None:
+        self.store = ctx.store
+        self.stall = dt.timedelta(seconds=ctx.settings.stall_threshold)
+
+    def __call__(self) -> Iterator[tuple[str, int, int]]:
+        """Every campaign that needs a task (the full sweep), for callers that want a plain callable."""
+        return self.full()
+
+    def mark(self) -> str:
+        return (utcnow() - self.stall).isoformat()
+
+    def full(self) -> Iterator[tuple[str, int, int]]:
+        return self._pages(utcnow() - self.stall, None)
+
+    def changed(self, since: str) -> Iterator[tuple[str, int, int]]:
+        try:
+            after = dt.datetime.fromisoformat(since) - RECONCILE_LOOKBACK
+        except ValueError:
+            log.warning("reconcile cursor %r is not a time: sweeping everything once", since)
+            return self.full()
+        return self._pages(utcnow() - self.stall, after)
+
+    def _pages(self, until: dt.datetime, changed_after: dt.datetime | None) -> Iterator[tuple[str, int, int]]:
         after = 0
         while True:
-            rows = ctx.store.stalled(older_than, limit=RECONCILE_PAGE, after_id=after)
-            runs = _run_ids(ctx, [cid for cid, _ in rows])
-            for cid, task_type in rows:
-                if cid in runs:
-                    yield task_type, cid, runs[cid]
+            rows = self.store.needing_task(until, changed_after=changed_after, limit=RECONCILE_PAGE, after_id=after)
+            for cid, task_type, run_id in rows:
+                yield task_type, cid, run_id
             if len(rows) < RECONCILE_PAGE:
                 return
             after = rows[-1][0]
-
-    return source
-
-
-def _run_ids(ctx: AppContext, ids: list[int]) -> dict[int, int]:
-    """The current run of each campaign in ``ids`` (a campaign deleted meanwhile is left out)."""
-    if not ids:
-        return {}
-    campaigns = Campaign.__table__
-    with ctx.store.engine.connect() as conn:
-        return dict(conn.execute(select(campaigns.c.id, campaigns.c.run_id).where(campaigns.c.id.in_(ids))).all())

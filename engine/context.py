@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from engine import logcontext
 from engine.errors import RateLimited
 from engine.task import Task
 
@@ -55,9 +56,11 @@ class TaskContext:
         """Block until one token of ``api`` is ours; loops only because another worker may take it first."""
         if self._limiter is None:
             raise RuntimeError("this worker has no rate limiter")
+        logcontext.set_provider(api)
         while True:
             grant = self._limiter.acquire(api)
             if grant.granted:
+                self._limiter.controls.controls.count_call(api)  # calls per provider, for `campaignctl limits`
                 return
             if grant.wait > self._max_sleep:
                 raise RateLimited(f"{api}: next token in {grant.wait:.3f}s", retry_after=grant.wait, api=None)

@@ -19,6 +19,9 @@ Layout (P = key prefix):
 ``{P}:leases``                     zset    ``<type>:<task_id>`` scored by lease deadline (ms)
 ``{P}:wtasks:<worker>``            set     ``<type>:<task_id>`` leased by that worker
 ``{P}:op:<op id>``                 string  answer of a lease-less operation, for the replay window
+``{P}:generation``                 string  random id set by reconcile's full sweep; gone = Redis lost its data
+``{P}:reconciled_until``           string  reconcile's cursor (the application's opaque "now" of the last pass)
+``{P}:pending_hooks``              list    dead-letter hooks that failed on an outage, for recovery to run again
 ``{P}:delayed:<type>``             zset    payloads scored by due time (ms)
 ``{P}:dedup:<type>:<campaign>``    string  task_id of the one live task of (type, campaign); no TTL:
                                            it lives exactly as long as that task
@@ -72,6 +75,18 @@ class Keys:
     @property
     def leases(self) -> str:
         return f"{self.tag}:leases"
+
+    @property
+    def generation(self) -> str:
+        return f"{self.tag}:generation"
+
+    @property
+    def reconciled_until(self) -> str:
+        return f"{self.tag}:reconciled_until"
+
+    @property
+    def pending_hooks(self) -> str:
+        return f"{self.tag}:pending_hooks"
 
     @property
     def failed(self) -> str:

@@ -12,7 +12,7 @@ engine.loop.ServiceLoop; the process never exits for it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from engine.errors import OutageTest
@@ -37,27 +37,52 @@ class Producer(ServiceLoop):
     name = "producer"
 
     def __init__(self, queue: TaskQueue, settings: EngineSettings, source: ProducerSource, *,
-                 is_outage: OutageTest | None = None, stop: StopFlag | None = None) -> None:
+                 is_outage: OutageTest | None = None, stop: StopFlag | None = None,
+                 backlog_types: Sequence[str] = (), max_backlog: int = 0) -> None:
         super().__init__(settings.producer_interval, backoff_max=settings.outage_backoff_max, is_outage=is_outage,
                          stop=stop)
         self.queue = queue
         self.settings = settings
         self.source = source
+        #: Backpressure: no new work while these queues (ready + delayed) hold ``max_backlog`` or more (0: off).
+        self.backlog_types = tuple(backlog_types)
+        self.max_backlog = max_backlog
+        self._held_back = False
 
     def run_once(self) -> int:
-        """Drain everything due now, batch by batch; returns how many tasks were enqueued."""
+        """Start what is due, batch by batch, while the first queue has room; returns how many tasks were enqueued."""
         total = 0
         batch = max(1, self.settings.producer_batch)
         while not self.stopping:
             # Redis must answer BEFORE campaigns are marked started: while it is down, a pass would move a
             # batch to PROCESSING with no task each time (reconcile would mend it, but only after STALL_THRESHOLD).
             self.queue.redis.ping()
-            items = self.source(batch)
+            limit = min(batch, self._room())
+            if limit <= 0:
+                break
+            items = self.source(limit)
             if items:
                 total += sum(1 for t in self.queue.enqueue_many(items) if t is not None)
-            if len(items) < batch:
+            if len(items) < limit:
                 break
         return total
+
+    def _room(self) -> int:
+        """How many more tasks the first queue takes before the backlog limit (a large number without one).
+
+        Starting campaigns the first provider cannot serve for hours only
+        makes them wait in Redis (memory, and a longer drain after an
+        incident) with nothing gained: they stay DORMANT, due, and are
+        started as the queue drains, oldest due first.
+        """
+        if self.max_backlog <= 0 or not self.backlog_types:
+            return 1 << 62
+        room = self.max_backlog - self.queue.pending(self.backlog_types)
+        if room <= 0 and not self._held_back:
+            log.info("producer: %s holds %d or more tasks (PRODUCER_MAX_BACKLOG); starting no more until it drains",
+                     ",".join(self.backlog_types), self.max_backlog)
+        self._held_back = room <= 0
+        return room
 
     def report(self, result: int) -> None:
         if result:

@@ -425,6 +425,26 @@ class TaskQueue:
             keys += [self.keys.delayed(t), self.keys.queue(t)]
         return int(self.scripts.promote(keys=keys, args=[limit, self.replay_ms])) if len(keys) > 1 else 0
 
+    def defer_hook(self, task: Task | None, reason: str, error: str | None) -> None:
+        """Keep a dead-letter hook that could not run (its database was down) for recovery to run again."""
+        if task is None:
+            return
+        self.redis.rpush(self.keys.pending_hooks, json.dumps(
+            {"task": json.loads(task.to_json()), "reason": reason, "error": error}))
+
+    def pending_hooks(self, limit: int = 100) -> list[tuple[Task, str, str | None]]:
+        """Take up to ``limit`` kept hooks, oldest first (whoever runs them keeps them again if they fail)."""
+        raws = self.redis.lpop(self.keys.pending_hooks, limit) or []
+        out = []
+        for raw in raws:
+            try:
+                entry = json.loads(raw)
+                out.append((Task.from_json(json.dumps(entry["task"]), self.task_types), str(entry["reason"]),
+                            entry.get("error")))
+            except (ValueError, KeyError, TypeError, MalformedTask):
+                log.warning("dropped an unreadable kept dead-letter hook: %.200s", raw)
+        return out
+
     def pending(self, task_types: Sequence[str]) -> int:
         """Ready plus delayed tasks of these types (what ``--burst`` waits for)."""
         pipe = self.redis.pipeline(transaction=False)

@@ -33,7 +33,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import redis
@@ -42,14 +42,31 @@ from engine.connection import connection_name
 from engine.errors import OutageTest
 from engine.keys import split_task_key
 from engine.loop import ServiceLoop, StopFlag
-from engine.queue import Judgement, Settled, TaskQueue
+from engine.queue import Judgement, Settled, TaskQueue, new_op_id
 from engine.registry import Registry
 from engine.settings import EngineSettings
 
 log = logging.getLogger(__name__)
 
-#: ``reconcile() -> [(task_type, campaign_id[, run_id])]``: work the database says must be live.
+#: ``reconcile() -> [(task_type, campaign_id[, run_id])]``: work the database says must be live (a full sweep
+#: every pass); or an ``IncrementalSource``, which looks only at what changed.
 ReconcileSource = Callable[[], Iterable[tuple[Any, ...]]]
+
+
+class IncrementalSource(Protocol):
+    """What the database says must be live, in O(changed) per pass.
+
+    ``mark()`` names "now" as an opaque cursor; ``changed(cursor)`` yields the
+    work of what changed since that cursor was marked (and may look back a
+    little, for transactions that committed late); ``full()`` yields all of it.
+    Enqueue is deduplicated, so yielding work that is live already is harmless.
+    """
+
+    def mark(self) -> str: ...
+
+    def changed(self, since: str) -> Iterable[tuple[Any, ...]]: ...
+
+    def full(self) -> Iterable[tuple[Any, ...]]: ...
 #: Campaigns enqueued per round trip by reconcile.
 RECONCILE_BATCH = 500
 #: Reconcile sweeps once every this many recovery intervals (it reads the database; the rest reads Redis only).
@@ -84,7 +101,7 @@ class Recovery(ServiceLoop):
         settings: EngineSettings,
         queue: TaskQueue,
         registry: Registry | None = None,
-        reconcile: ReconcileSource | None = None,
+        reconcile: ReconcileSource | IncrementalSource | None = None,
         *,
         is_outage: OutageTest | None = None,
         stop: StopFlag | None = None,
@@ -100,6 +117,8 @@ class Recovery(ServiceLoop):
         self.queue = queue
         self.keys = queue.keys
         self.registry = registry
+        if registry is not None:
+            registry.bind_outbox(queue.defer_hook)
         self.reconcile = reconcile
         self._clock = clock
         #: No liveness-based recovery before this (monotonic s): set at start (``quiet`` s, default one
@@ -257,11 +276,48 @@ class Recovery(ServiceLoop):
         return bool(value) and not value.startswith("~") and value.split(":", 1)[-1] == worker_id
 
     def reconcile_once(self) -> int:
-        """Enqueue what the database says must be live; returns how many were missing."""
+        """Enqueue what the database says must be live; returns how many were missing.
+
+        With an IncrementalSource only what changed since the last pass is
+        looked at; the cursor lives in Redis beside a generation key. When the
+        generation key is gone, Redis lost its data (or this is the first
+        pass ever): one full sweep rebuilds every task, then a new generation
+        starts. Campaigns whose dead-letter hook could not run (the database
+        was down) are retried from the hook outbox on every pass.
+        """
         assert self.reconcile is not None
+        enqueued = 0
+        self._run_pending_hooks()
+        source = self.reconcile
+        if not hasattr(source, "changed"):
+            return self._enqueue_all(source())  # type: ignore[operator]
+        generation, cursor = self.redis.mget(self.keys.generation, self.keys.reconciled_until)
+        mark = source.mark()  # type: ignore[union-attr]
+        if generation is None or cursor is None:
+            log.warning("reconcile: no generation key in Redis (first start, or Redis lost its data): one full sweep")
+            enqueued = self._enqueue_all(source.full())  # type: ignore[union-attr]
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.set(self.keys.generation, new_op_id())
+            pipe.set(self.keys.reconciled_until, mark)
+            pipe.execute()
+        else:
+            enqueued = self._enqueue_all(source.changed(cursor))  # type: ignore[union-attr]
+            # Only while the generation holds: a cursor written after Redis lost its data would skip the sweep.
+            self.queue.scripts.advance_cursor(keys=[self.keys.generation, self.keys.reconciled_until],
+                                              args=[generation, mark])
+        return enqueued
+
+    def _run_pending_hooks(self) -> None:
+        """Run again the dead-letter hooks that failed on an outage (engine.registry's outbox)."""
+        if self.registry is None:
+            return
+        for task, reason, error in self.queue.pending_hooks():
+            self.registry.dead_lettered(task, reason, error)
+
+    def _enqueue_all(self, items: Iterable[tuple[Any, ...]]) -> int:
         batch: list[tuple[Any, ...]] = []
         enqueued = 0
-        for item in self.reconcile():
+        for item in items:
             batch.append(item)
             if len(batch) >= RECONCILE_BATCH:
                 enqueued += sum(1 for t in self.queue.enqueue_many(batch) if t is not None)

@@ -29,6 +29,8 @@ class Registry:
         self._handlers: dict[str, tuple[Handler, RetryPolicy]] = {}
         self._hooks: list[DeadLetterHook] = []
         self._outage_test = is_outage
+        #: Where a hook that failed on an outage is kept for recovery to run again (the queue binds it).
+        self._outbox: DeadLetterHook | None = None
 
     def register(self, task_type: str, handler: Handler, policy: RetryPolicy | None = None) -> None:
         if ":" in task_type or not task_type:
@@ -39,6 +41,10 @@ class Registry:
         """Add a hook (usable as a decorator)."""
         self._hooks.append(hook)
         return hook
+
+    def bind_outbox(self, keep: DeadLetterHook) -> None:
+        """``keep(task, reason, error)`` stores a hook call that failed on an outage (TaskQueue.defer_hook)."""
+        self._outbox = keep
 
     @property
     def task_types(self) -> tuple[str, ...]:
@@ -56,22 +62,36 @@ class Registry:
         """Whether ``exc`` means a service is down (Redis, ``Unavailable``, or the application's test)."""
         return errors.is_outage(exc, self._outage_test)
 
-    def dead_lettered(self, task: object | None, reason: str, error: str | None) -> None:
+    def dead_lettered(self, task: object | None, reason: str, error: str | None) -> bool:
         """Run every hook; a failing hook is logged, never raised (the dead letter is already stored).
 
-        A hook that cannot reach the database leaves the campaign where it was
-        (PROCESSING): the task is in the dead letters and its dedup key is gone,
-        so recovery's reconcile enqueues the campaign's stage again once it has
-        not moved for STALL_THRESHOLD, and a new dead letter then runs the hook
-        again. Nothing stays PROCESSING for good.
+        A hook that cannot reach the database (an outage) would leave the
+        campaign where it was, with its task in the dead letters and nothing
+        live: the call is kept in the outbox (``bind_outbox``: a Redis list)
+        and recovery runs it again on each pass until it goes through. Hooks
+        are idempotent (compare-and-set). Returns whether every hook ran.
         """
+        ok = True
         for hook in self._hooks:
             try:
                 hook(task, reason, error)
             except Exception as exc:  # noqa: BLE001 - a hook must not take the worker down
+                ok = False
                 if self.is_outage(exc):
-                    log.warning("dead-letter hook %s could not run for %r (a service is down: %s); recovery "
-                                "will enqueue the campaign again after STALL_THRESHOLD", getattr(hook, "__name__", hook),
-                                task, errors.describe(exc))
+                    kept = self._keep(task, reason, error)
+                    log.warning("dead-letter hook %s could not run for %r (a service is down: %s); %s",
+                                getattr(hook, "__name__", hook), task, errors.describe(exc),
+                                "recovery will run it again" if kept else "it is lost: no outbox is bound")
                 else:
                     log.exception("dead-letter hook %r failed for %r", hook, task)
+        return ok
+
+    def _keep(self, task: object | None, reason: str, error: str | None) -> bool:
+        if self._outbox is None:
+            return False
+        try:
+            self._outbox(task, reason, error)
+        except Exception as exc:  # noqa: BLE001 - Redis may be down too
+            log.warning("could not keep the dead-letter hook for %r (%s)", task, errors.describe(exc))
+            return False
+        return True

@@ -28,6 +28,9 @@ DEFAULT_STALL_THRESHOLD = 60.0
 DEFAULT_PRODUCER_INTERVAL = 5.0
 #: Campaigns the producer starts per transaction.
 DEFAULT_PRODUCER_BATCH = 500
+#: The producer keeps the first stage's queue at most this many seconds of its provider's rate deep
+#: (unless PRODUCER_MAX_BACKLOG says otherwise), in s.
+DEFAULT_PRODUCER_HORIZON = 600.0
 #: Waits for a rate-limit token up to this long are slept in the worker; longer ones defer the task, in s.
 DEFAULT_MAX_TOKEN_SLEEP = 10.0
 #: Multiplies every rate limit (use the sandbox's --time-scale factor).
@@ -82,6 +85,10 @@ class EngineSettings:
     stall_threshold: float = DEFAULT_STALL_THRESHOLD
     producer_interval: float = DEFAULT_PRODUCER_INTERVAL
     producer_batch: int = DEFAULT_PRODUCER_BATCH
+    #: Most tasks (ready + delayed) in the first stage's queue before the producer starts no more;
+    #: None = derived by the application (its provider's rate × PRODUCER_HORIZON); 0 = no limit.
+    producer_max_backlog: int | None = None
+    producer_horizon: float = DEFAULT_PRODUCER_HORIZON
     max_token_sleep: float = DEFAULT_MAX_TOKEN_SLEEP
     rate_scale: float = DEFAULT_RATE_SCALE
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
@@ -138,6 +145,9 @@ class EngineSettings:
             stall_threshold=env_float(env, "STALL_THRESHOLD", DEFAULT_STALL_THRESHOLD),
             producer_interval=env_float(env, "PRODUCER_INTERVAL", DEFAULT_PRODUCER_INTERVAL),
             producer_batch=env_int(env, "PRODUCER_BATCH", DEFAULT_PRODUCER_BATCH),
+            producer_max_backlog=(env_int(env, "PRODUCER_MAX_BACKLOG", 0) if env.get("PRODUCER_MAX_BACKLOG")
+                                  else None),
+            producer_horizon=env_float(env, "PRODUCER_HORIZON", DEFAULT_PRODUCER_HORIZON, positive=True),
             max_token_sleep=env_float(env, "MAX_TOKEN_SLEEP", DEFAULT_MAX_TOKEN_SLEEP),
             rate_scale=env_float(env, "RATE_SCALE", DEFAULT_RATE_SCALE) or DEFAULT_RATE_SCALE,
             shutdown_grace=env_float(env, "SHUTDOWN_GRACE", DEFAULT_SHUTDOWN_GRACE),

@@ -36,6 +36,8 @@ from typing import Any
 import attrs
 import redis
 
+from engine import logcontext
+from engine.controls import ControlCache, Controls
 from engine.context import TaskContext
 from engine.connection import connection_name
 from engine.errors import describe
@@ -115,6 +117,9 @@ class Worker:
         self.worker_id = worker_id or new_worker_id()
         self.queue = TaskQueue(client, settings, task_types or registry.task_types)
         self.keys = self.queue.keys
+        registry.bind_outbox(self.queue.defer_hook)
+        #: Operator controls (engine/controls.py): queues paused at runtime are not claimed.
+        self._controls = ControlCache(Controls(client, settings.key_prefix))
         self.started_at = time.time()
         self._stop = threading.Event()
         #: Stops the heartbeat; set only once shutdown is done, so liveness and leases are kept during the grace.
@@ -169,6 +174,7 @@ class Worker:
         if install_signals and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, self._on_signal)
+        logcontext.set_worker(self.worker_id)
         self._beat()
         heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         heartbeat.start()
@@ -202,7 +208,11 @@ class Worker:
                     self.queue.promote_due(self.queues)
                     next_promote = now + PROMOTE_INTERVAL
                 block = min(BURST_BLOCK, self.settings.claim_block) if self.burst else self.settings.claim_block
-                claim = self.queue.claim(self.worker_id, self.queues, free, block=block)
+                active = self._controls.active(self.queues)
+                if not active:  # every queue of this worker is paused by an operator
+                    self._stop.wait(self.settings.claim_block)
+                    continue
+                claim = self.queue.claim(self.worker_id, active, free, block=block)
                 for entry in claim.rejected:
                     self.registry.dead_lettered(None, entry["reason"], entry.get("error"))
                 for lease in claim.leases:
@@ -223,7 +233,7 @@ class Worker:
             self._slot_free.wait(BURST_BLOCK)
             self._slot_free.clear()
             return False
-        if self.queue.pending(self.queues) or self.redis.llen(self.keys.claiming(self.worker_id)):
+        if self.queue.pending(self._controls.active(self.queues)) or self.redis.llen(self.keys.claiming(self.worker_id)):
             self._stop.wait(BURST_BLOCK)  # delayed tasks not yet due
             return False
         return True
@@ -315,8 +325,10 @@ class Worker:
                 if self._abandon:
                     continue  # shutting down: the job is released as not started
                 job.started = time.monotonic()
+            task = job.lease.task
             try:
-                self._handle(job)
+                with logcontext.task_scope(task.task_id, task.campaign_id, task.task_type):
+                    self._handle(job)
             except BaseException as exc:  # noqa: BLE001 - settling failed (Redis down): recovery will requeue the task
                 task = job.lease.task
                 if isinstance(exc, Exception) and self._claim_outage.is_outage(exc):

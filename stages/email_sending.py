@@ -45,6 +45,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from campaignctl.wiring import database_outage
 from engine.errors import Discard, Permanent
 from engine.errors import RateLimited as EngineRateLimited
 from engine.task import Task
@@ -77,6 +78,7 @@ def _crash_hook() -> None:
 
 
 def handle(task: Task, ctx: Any, deps: Deps) -> None:
+    """Send the run's email once, or say (defer, unknown, nothing to do) why this task must not send it."""
     snap = deps.store.get(task.campaign_id)
     if snap is None:
         raise Discard(f"campaign {task.campaign_id} does not exist")
@@ -139,6 +141,7 @@ def _busy(snap: Snapshot, claim: Claim) -> EngineRateLimited:
 
 def _send(task: Task, ctx: Any, deps: Deps, snap: Snapshot, owner: Owner, expect: Expect,
           draft: dict[str, Any], ses: Any) -> None:
+    leased_until = time.monotonic() + deps.settings.send_intent_lease  # the intent's lease ends after this
     if not _confirm(ctx, deps, snap, owner):
         return
     try:
@@ -158,7 +161,7 @@ def _send(task: Task, ctx: Any, deps: Deps, snap: Snapshot, owner: Owner, expect
         _mark_unknown(task, deps, snap, expect, owner, owner, f"unexpected {type(exc).__name__} during the SES call")
         return
     _crash_hook()
-    _record_sent(task, ctx, deps, snap, expect, owner, message_id)
+    _record_sent(task, ctx, deps, snap, expect, owner, message_id, leased_until)
 
 
 def _confirm(ctx: Any, deps: Deps, snap: Snapshot, owner: Owner) -> bool:
@@ -224,16 +227,14 @@ def _reset(deps: Deps, snap: Snapshot, owner: Owner) -> None:
 
 
 def _record_sent(task: Task, ctx: Any, deps: Deps, snap: Snapshot, expect: Expect, owner: Owner,
-                 message_id: str) -> None:
-    """Record what SES accepted, retrying through a database outage while our intent's lease holds.
+                 message_id: str, deadline: float) -> None:
+    """Record what SES accepted, retrying through a database outage until our intent's lease ends.
 
-    Until the lease ends nobody else judges the send (a second sender defers),
-    so a record that lands within it keeps the send known; the task's lease is
+    Until then nobody else judges the send (a second sender defers), so a
+    record that lands within it keeps the send known; the task's lease is
     renewed between tries so it is not handed to another worker meanwhile.
+    ``deadline`` is on the monotonic clock.
     """
-    from campaignctl.wiring import database_outage
-
-    deadline = time.monotonic() + deps.settings.send_intent_lease
     pause = RECORD_RETRY_FIRST
     while True:
         try:

@@ -25,7 +25,7 @@ import pytest
 import requests
 from sqlalchemy import select
 
-from campaignctl.polling import PollingDispatcher, _size_pool, parse_dispatch_mode
+from campaignctl.polling import PollingContext, PollingDispatcher, _size_pool, parse_dispatch_mode
 from engine.errors import Transient
 from engine.outcome import Action
 from engine.registry import Handler, Registry
@@ -288,6 +288,30 @@ def test_a_claimed_campaign_is_skipped_until_its_claim_lapses(store: CampaignSto
     assert first.renew(held) is False
     second.run_claimed(taken)
     assert store.get(cid).processing_stage is Stage.ACTIVE_LISTINGS
+    for p in (first, second):
+        p.store.engine.dispose()
+
+
+def test_the_claim_of_a_running_stage_is_kept_alive(store: CampaignStore, db_url: str) -> None:
+    # finding 9: a stage longer than POLL_LEASE keeps its campaign; a claim taken away is reported lost
+    [cid] = _campaigns_at_property_data(store, 1)
+    first = _poller(db_url, _registry(_advance(store)), "poller-a", lease=1.0)
+    second = _poller(db_url, _registry(_advance(store)), "poller-b")
+    held = first.claim()
+    assert held is not None
+    ctx = PollingContext(Task.new("property_data", cid), "poller-a", None, 1.0, attempt=held.token)
+    first.keeper.hold(held, ctx)
+    # Given the keeper renews the claim before it lapses
+    time.sleep(0.6)
+    assert first.keeper.renew_all() == 0
+    time.sleep(0.6)
+    # Then no other poller can take the campaign, though the first lease is over
+    assert second.claim() is None
+    # When the keeper misses its rounds and another poller takes the lapsed claim
+    time.sleep(0.6)
+    assert second.claim() is not None
+    # Then the next round reports the claim lost to the running handler
+    assert first.keeper.renew_all() == 1 and ctx.lease_lost.is_set()
     for p in (first, second):
         p.store.engine.dispose()
 

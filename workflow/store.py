@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
-from sqlalchemy import Connection, Engine, func, insert, select, update
+from sqlalchemy import Connection, Engine, case, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from workflow import machine
@@ -196,29 +196,38 @@ class CampaignStore:
         return json.loads(data) if data is not None else None
 
     def stalled(self, older_than: dt.timedelta, *, limit: int = 1000, after_id: int = 0) -> list[tuple[int, str]]:
-        """Campaigns that need a live task and have not moved for ``older_than``.
+        """Campaigns that need a live task and have not moved for ``older_than``: (id, task type), in id order."""
+        return [(cid, t) for cid, t, _ in self.needing_task(utcnow() - older_than, limit=limit, after_id=after_id)]
 
-        Returns (campaign id, task type) in id order, from ``after_id`` on, so a
-        caller can page through a large table.
+    def needing_task(self, until: dt.datetime, *, changed_after: dt.datetime | None = None, limit: int = 1000,
+                     after_id: int = 0) -> list[tuple[int, str, int]]:
+        """Campaigns that need a live task, last changed at or before ``until`` (and after ``changed_after``).
+
+        Returns (campaign id, task type, run id) in id order, from ``after_id``
+        on, so a caller can page through a large table. With ``changed_after``
+        the (status, updated_at) index bounds the read to what changed in the
+        window: recovery's reconcile looks at what changed, not at everything.
         """
-        cutoff = utcnow() - older_than
+        conditions = [
+            campaigns.c.campaign_status.in_([Status.PROCESSING.value, Status.READY_TO_SEND.value]),
+            campaigns.c.updated_at <= until,
+            campaigns.c.id > after_id,
+        ]
+        if changed_after is not None:
+            conditions.append(campaigns.c.updated_at > changed_after)
         query = (
-            select(campaigns.c.id, campaigns.c.campaign_status, campaigns.c.processing_stage)
-            .where(
-                campaigns.c.campaign_status.in_([Status.PROCESSING.value, Status.READY_TO_SEND.value]),
-                campaigns.c.updated_at <= cutoff,
-                campaigns.c.id > after_id,
-            )
+            select(campaigns.c.id, campaigns.c.campaign_status, campaigns.c.processing_stage, campaigns.c.run_id)
+            .where(*conditions)
             .order_by(campaigns.c.id)
             .limit(limit)
         )
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
         out = []
-        for cid, status, stage in rows:
+        for cid, status, stage, run_id in rows:
             task_type = task_type_for(Status(status), Stage(stage))
             if task_type is not None:
-                out.append((cid, task_type))
+                out.append((cid, task_type, run_id))
         return out
 
     # -- writes ------------------------------------------------------------
@@ -316,62 +325,64 @@ class CampaignStore:
         return after
 
     def start_due(self, *, limit: int, worker_id: str | None = None, now: dt.datetime | None = None) -> list[Snapshot]:
-        """Move up to ``limit`` due campaigns to PROCESSING in one transaction.
+        """Move up to ``limit`` due campaigns to PROCESSING in one transaction of three statements.
 
-        SENT campaigns whose next run is due are rearmed (SENT -> DORMANT) first;
-        both steps are written to the history. The UPDATE re-checks the status
-        and version of every row, so several producers can run at once: a row
-        another producer took is simply not returned. On PostgreSQL the
-        candidate rows are locked with SKIP LOCKED so producers do not queue on
-        each other.
+        Set-based, so starting a campaign costs microseconds, not a round trip:
+        one SELECT picks the due rows (oldest due first; on PostgreSQL ``FOR
+        UPDATE SKIP LOCKED``, so several producers take disjoint batches
+        without waiting on each other; SQLite's BEGIN IMMEDIATE lets one writer
+        in at a time), one ``UPDATE … RETURNING`` starts them all (re-checking
+        status and due time), and one INSERT writes their history rows. A SENT
+        campaign whose next run is due is rearmed (SENT -> DORMANT) and started
+        in the same UPDATE, with both steps in the history.
         """
         now = now or utcnow()
-        started: list[Snapshot] = []
         with self.engine.begin() as conn:
-            query = (
-                select(*_COLUMNS)
-                .where(
-                    campaigns.c.campaign_status.in_([Status.DORMANT.value, Status.SENT.value]),
-                    campaigns.c.next_run_at <= now,
-                )
+            due = (
+                select(campaigns.c.id, campaigns.c.campaign_status, campaigns.c.processing_stage, campaigns.c.version)
+                .where(campaigns.c.campaign_status.in_([Status.DORMANT.value, Status.SENT.value]),
+                       campaigns.c.next_run_at <= now)
                 .order_by(campaigns.c.next_run_at, campaigns.c.id)
                 .limit(limit)
             )
             if conn.dialect.name == "postgresql":
-                query = query.with_for_update(skip_locked=True)
-            rows = [Snapshot.from_row(r) for r in conn.execute(query)]
-            event_rows: list[dict[str, Any]] = []
-            for before in rows:
-                path = ["rearm", "start"] if before.campaign_status is Status.SENT else ["start"]
-                current = before
-                for trigger in path:
-                    status, stage = machine.fire(current.campaign_status, current.processing_stage, trigger)
-                    nxt = attrs.evolve(
-                        current,
-                        campaign_status=status,
-                        processing_stage=stage,
-                        version=current.version + 1,
-                        run_id=current.run_id + (1 if trigger == "start" else 0),
-                        last_error=None if trigger == "start" else current.last_error,
-                        updated_at=now,
-                    )
-                    event_rows.append(_event_row(current, nxt, trigger, None, worker_id, "due", now))
-                    current = nxt
-                changed = _compare_and_set(conn, before, {
-                    "campaign_status": current.campaign_status.value,
-                    "processing_stage": current.processing_stage.value,
-                    "version": current.version,
-                    "run_id": current.run_id,
-                    "last_error": None,
-                    "updated_at": now,
-                    **legacy_columns(current.campaign_status, current.processing_stage),
-                })
-                if changed == 1:
-                    started.append(current)
-                else:
-                    event_rows = [e for e in event_rows if e["campaign_id"] != before.id]
+                due = due.with_for_update(skip_locked=True)
+            before = {row.id: row for row in conn.execute(due)}
+            if not before:
+                return []
+            rearmed = campaigns.c.campaign_status == Status.SENT.value
+            started = [Snapshot.from_row(r) for r in conn.execute(
+                update(campaigns)
+                .where(campaigns.c.id.in_(list(before)),
+                       campaigns.c.campaign_status.in_([Status.DORMANT.value, Status.SENT.value]),
+                       campaigns.c.next_run_at <= now)
+                .values(
+                    campaign_status=Status.PROCESSING.value,
+                    processing_stage=Stage.PROPERTY_DATA.value,
+                    version=campaigns.c.version + case((rearmed, 2), else_=1),
+                    run_id=campaigns.c.run_id + 1,
+                    last_error=None,
+                    updated_at=now,
+                    **legacy_columns(Status.PROCESSING, Stage.PROPERTY_DATA),
+                )
+                .returning(*_COLUMNS)
+            )]
+            event_rows = []
+            for after in started:
+                old = before[after.id]
+                status, stage = Status(old.campaign_status), Stage(old.processing_stage)
+                current = attrs.evolve(after, campaign_status=status, processing_stage=stage, version=old.version,
+                                       run_id=after.run_id - 1)
+                if status is Status.SENT:
+                    rearmed_snap = attrs.evolve(current, campaign_status=Status.DORMANT,
+                                                processing_stage=Stage.IDLE, version=old.version + 1)
+                    event_rows.append(_event_row(current, rearmed_snap, "rearm", None, worker_id, "due", now))
+                    current = rearmed_snap
+                event_rows.append(_event_row(current, after, "start", None, worker_id, "due", now))
             if event_rows:
                 conn.execute(insert(events), event_rows)
+        order = {cid: i for i, cid in enumerate(before)}
+        started.sort(key=lambda snap: order[snap.id])  # oldest due first, as picked
         return started
 
     def save_stage_result(self, conn: Connection, campaign_id: int, run_id: int, stage: str, data: Any) -> None:

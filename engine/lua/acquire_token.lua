@@ -7,10 +7,10 @@ ARGV[1] rate in tokens per second (already scaled)
 ARGV[2] burst: bucket capacity in tokens
 returns {granted 1|0, wait in µs (0 when granted), server time in µs}
 ]]
+--- @include "server_time"
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now = now_us()
 local paused = tonumber(redis.call('GET', KEYS[3]) or '0')
 if paused > now then
   return {0, paused - now, now}

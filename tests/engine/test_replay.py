@@ -185,7 +185,12 @@ def case_pause_bucket(q: TaskQueue, r: redis.Redis) -> tuple[str, list[str], lis
     return "pause_bucket", [api, q.keys.ratelimit("zillow", f"op:{new_op_id()}")], [5000, q.replay_ms]
 
 
-CASES: list[Case] = [case_enqueue, case_claim, case_lease, case_ack, case_renew, case_retry, case_requeue,
+def case_advance_cursor(q: TaskQueue, r: redis.Redis) -> tuple[str, list[str], list[Any]]:
+    r.set(q.keys.generation, "g1")
+    return "advance_cursor", [q.keys.generation, q.keys.reconciled_until], ["g1", "2026-11-30T20:00:00"]
+
+
+CASES: list[Case] = [case_advance_cursor, case_enqueue, case_claim, case_lease, case_ack, case_renew, case_retry, case_requeue,
                      case_dead_letter, case_recover_lapsed, case_recover_dead, case_unclaim, case_reject,
                      case_dlq_requeue, case_promote, case_unregister, case_pause_bucket]
 

@@ -36,7 +36,7 @@ class QueueMachine(RuleBasedStateMachine):
         self.settings = EngineSettings(redis_url=self.url, key_prefix=f"h{uuid.uuid4().hex[:10]}",
                                        visibility_timeout=60, max_lease_losses=2)
         self.queue = TaskQueue(self.r, self.settings, TYPES)
-        self.recovery = Recovery(self.r, self.settings, self.queue, quiet=0)
+        self.recovery = Recovery(self.r, self.settings, self.queue, quiet=0, clock=lambda: 0.0)  # no stall guesses: deterministic
         self.live: set[str] = set()
         self.acked: set[str] = set()
         self.leases: list[Lease] = []

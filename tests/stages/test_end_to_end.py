@@ -120,7 +120,8 @@ def test_twenty_campaigns_two_workers(pg_url: str, redis_url: str, key_prefix: s
 
 def test_crash_after_ses_call_and_bad_data(pg_url: str, redis_url: str, key_prefix: str, e2e_sandbox: Sandbox,
                                            tmp_path: Path) -> None:
-    env = app_env(pg_url, redis_url, key_prefix, e2e_sandbox, AUTO_APPROVE="true")
+    # A short send intent lease: the healthy sender defers while the dead one's lease lasts, then judges it unknown.
+    env = app_env(pg_url, redis_url, key_prefix, e2e_sandbox, AUTO_APPROVE="true", SEND_INTENT_LEASE="2")
     ctl(env, "migrate")
     csv = tmp_path / "campaigns.csv"
     csv.write_text(

@@ -20,7 +20,7 @@ from engine.context import TaskContext
 from engine.errors import RateLimited
 from engine.settings import EngineSettings
 from engine.task import Task
-from stages.common import Deps
+from stages.common import Deps, Providers
 from tests.servers import PostgresServer
 from tests.stages.conftest import Harness, Sandbox
 from tests.stages.test_stages import _to_ready_to_send, harness, seed  # noqa: F401 - the fixture
@@ -110,6 +110,44 @@ def test_second_sender_defers_while_the_first_is_between_intent_and_call(harness
     # And the first sends once
     first.finish()
     assert first.error is None
+    assert harness.store.get(cid).campaign_status is Status.SENT
+    assert fast_sandbox.stats()["emails"] == {harness.store.get(cid).email: 1}
+
+
+class BlockingSes:
+    """The real SES client, stopped inside its send until the test lets it go (the call is under way)."""
+
+    def __init__(self, real: object) -> None:
+        self.real = real
+        self.in_call = threading.Event()
+        self.go = threading.Event()
+
+    def send(self, *args: object, **kwargs: object) -> str:
+        self.in_call.set()
+        assert self.go.wait(STEP_TIMEOUT)
+        return self.real.send(*args, **kwargs)  # type: ignore[attr-defined]
+
+
+def test_second_sender_defers_while_the_first_is_in_its_ses_call(harness: Harness, fast_sandbox: Sandbox) -> None:
+    # finding 4: a second email_sending task must not mark a send still under way SEND_OUTCOME_UNKNOWN
+    cid = seed(harness.store)
+    _to_ready_to_send(harness, cid)
+    # Given a first sender inside its SES call (its own clients, so only it blocks)
+    providers = Providers(harness.provider_settings)
+    ses = BlockingSes(providers.ses)
+    providers._clients["ses"] = ses
+    first_task = Task.new(EMAIL_SENDING, cid)
+    first = threading.Thread(target=harness.run_task, args=(first_task, harness.ctx(first_task),
+                                                           attrs.evolve(harness.deps, providers=providers)))
+    first.start()
+    assert ses.in_call.wait(STEP_TIMEOUT)
+    # When a second email_sending task for the same run runs, it defers and changes nothing
+    with pytest.raises(RateLimited):
+        harness.run(EMAIL_SENDING, cid)
+    assert harness.store.get(cid).campaign_status is Status.READY_TO_SEND
+    # Then the first records its send
+    ses.go.set()
+    first.join(STEP_TIMEOUT)
     assert harness.store.get(cid).campaign_status is Status.SENT
     assert fast_sandbox.stats()["emails"] == {harness.store.get(cid).email: 1}
 
