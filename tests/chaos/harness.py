@@ -47,7 +47,7 @@ from sqlalchemy import Engine, insert, select, text
 
 from engine.keys import Keys
 from tests.chaos.proxy import RedisProxy
-from tests.chaos.schedule import PROVIDERS, REDIS_BLIP_KINDS, REDIS_LOSS_KINDS, Fault, Schedule
+from tests.chaos.schedule import PROVIDERS, Fault, Schedule
 from tests.servers import PostgresServer, RedisServer, free_port
 from workflow.db import make_engine
 from workflow.models import Campaign, CampaignEvent, EmailSend

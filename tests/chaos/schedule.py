@@ -44,8 +44,6 @@ KINDS: tuple[str, ...] = (
 WORKER_KINDS = frozenset({"kill_worker", "stop_worker"})
 #: Kinds that make Redis lose data (the rate limiter's state goes with it).
 REDIS_LOSS_KINDS = frozenset({"redis_crash", "redis_flushall", "redis_wipe"})
-#: Kinds during which clients cannot reach Redis for a while, its data kept (a blip, not a loss).
-REDIS_BLIP_KINDS = frozenset({"redis_restart", "redis_stop", "redis_failover"})
 
 #: Providers the sandbox can inject faults into (the rate-limit bucket names).
 PROVIDERS: tuple[str, ...] = ("zillow", "zillow56", "rentcast", "bedrock", "email_verification", "ses")
