@@ -74,9 +74,9 @@ def _leased(queue: TaskQueue, cid: int = 1, worker: str = "W1") -> Any:
 
 
 def case_enqueue(q: TaskQueue, r: redis.Redis) -> tuple[str, list[str], list[Any]]:
-    task = Task.new("alpha", 1)
-    return "enqueue", [q.keys.queue("alpha"), q.keys.delayed("alpha"), q.keys.dedup("alpha", 1)], \
-        [task.to_json(), task.task_id, 0]
+    one, two = Task.new("alpha", 1), Task.new("alpha", 2)
+    return "enqueue", [q.keys.queue("alpha"), q.keys.delayed("alpha"), q.keys.dedup("alpha", 1),
+                       q.keys.dedup("alpha", 2)], [0, one.to_json(), one.task_id, two.to_json(), two.task_id]
 
 
 def case_claim(q: TaskQueue, r: redis.Redis) -> tuple[str, list[str], list[Any]]:
