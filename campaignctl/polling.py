@@ -215,6 +215,8 @@ class PollingDispatcher:
         self.stop_event = threading.Event()
         self.keeper = _ClaimKeeper(lambda: self.store.engine, lease)
         self._count_lock = threading.Lock()
+        #: Releases that failed (the database was down), retried before each claim: (claim, values).
+        self._unreleased: list[tuple[PollClaim, dict[str, Any]]] = []
         self.handled = 0
         #: A poll failing (the database down): its backoff and its once-per-outage log lines.
         self._poll_outage = Outage(f"polling worker {worker_id}: database", base=poll_interval,
@@ -265,6 +267,7 @@ class PollingDispatcher:
     def poll_once(self) -> int:
         """Start due campaigns (if asked), then claim and run one campaign. Returns 1 if it did anything."""
         started = 0
+        self._retry_releases()
         if self.start_due:
             started = len(self.store.start_due(limit=self.batch, worker_id=self.worker_id))
         claim = self.claim()
@@ -335,20 +338,38 @@ class PollingDispatcher:
     def _settle(self, claim: PollClaim, *, attempts: int = 0, delay: float | None = None) -> None:
         """Release the claim and write the stage's bookkeeping: attempts spent, and no run before ``delay`` s.
 
-        When the database is down this fails; the claim then lapses after POLL_LEASE.
+        When the database is down this raises, and the release is retried before the next claim.
         """
         values: dict[str, Any] = {"claimed_by": None, "claimed_until": None, "poll_attempts": attempts,
                                   "poll_version": claim.version if delay is not None else None,
                                   "poll_not_before": utcnow() + dt.timedelta(seconds=delay) if delay is not None
                                   else None}
         try:
-            with self.engine.begin() as conn:
-                conn.execute(update(campaigns)
-                             .where(campaigns.c.id == claim.campaign_id, campaigns.c.claimed_by == claim.token)
-                             .values(**values))
-        except Exception as exc:  # noqa: BLE001 - the claim lapses on its own
-            log.warning("campaign %s: could not release its claim (%s); it lapses in %.0fs", claim.campaign_id,
-                        exc, self.lease)
+            self._release(claim, values)
+        except Exception:
+            # Kept and retried before the next claim (at worst the claim lapses on its own after POLL_LEASE);
+            # raised, so the poll loop backs off as for any outage instead of calling the poll a success.
+            with self._count_lock:
+                self._unreleased.append((claim, values))
+            raise
+
+    def _release(self, claim: PollClaim, values: dict[str, Any]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(campaigns)
+                         .where(campaigns.c.id == claim.campaign_id, campaigns.c.claimed_by == claim.token)
+                         .values(**values))
+
+    def _retry_releases(self) -> None:
+        """Release the claims an outage kept us from releasing (raises while the database is still down)."""
+        with self._count_lock:
+            pending, self._unreleased = self._unreleased, []
+        for i, (claim, values) in enumerate(pending):
+            try:
+                self._release(claim, values)
+            except Exception:
+                with self._count_lock:
+                    self._unreleased.extend(pending[i:])
+                raise
 
     # -- running one stage -------------------------------------------------------
 
