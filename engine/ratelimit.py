@@ -21,10 +21,11 @@ import math
 import secrets
 import threading
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 import redis
+from redis.exceptions import NoScriptError
 
 from engine.errors import RateLimited
 from engine.keys import Keys
@@ -45,9 +46,8 @@ class Limit:
     burst: int = attrs.field(default=1, validator=attrs.validators.ge(1))
 
 
-@attrs.frozen
-class Grant:
-    """The limiter's answer to one caller.
+class Grant(NamedTuple):
+    """The limiter's answer to one caller (a named tuple: one is built per token, cheaply).
 
     Granted: a token is the caller's from ``slot`` on (at once when ``wait``
     is 0). Refused: nothing was reserved, and ``wait`` says how far off the
@@ -123,8 +123,12 @@ class RateLimiter:
         costs the others nothing.
         """
         b = self._args(api)
-        granted, wait_us, now_us = self._acquire_token(
-            keys=b.keys, args=(b.rate, b.burst, max(0, int(max_wait * US))))
+        max_wait_us = max(0, int(max_wait * US))
+        try:
+            granted, wait_us, now_us = self.redis.evalsha(self._acquire_token.sha, 3, *b.keys, b.rate, b.burst,
+                                                          max_wait_us)
+        except NoScriptError:  # a restarted or flushed script cache: the Script loads it again
+            granted, wait_us, now_us = self._acquire_token(keys=b.keys, args=(b.rate, b.burst, max_wait_us))
         return Grant(granted == 1, wait_us / US, now_us / US)
 
     def acquire(self, api: str) -> Grant:

@@ -58,8 +58,7 @@ if not granted then
   end
 end
 -- Numbers are written with format(): tostring() keeps only 14 digits, too few for µs.
--- Both keys live until the bucket would be full again; a bucket with no keys is full.
-local ttl = math.ceil((last - now) / 1000 + (burst - tokens) / rate * 1000) + 1000
-redis.call('SET', KEYS[1], string.format('%.17g', tokens), 'PX', ttl)
-redis.call('SET', KEYS[2], string.format('%d', last), 'PX', ttl)
+-- No TTL: the two keys are the whole state of one API's bucket, exact at any age, and
+-- one MSET without PX is the cheapest write (this script runs once per token).
+redis.call('MSET', KEYS[1], string.format('%.17g', tokens), KEYS[2], string.format('%d', last))
 return {granted and 1 or 0, wait, now}
