@@ -75,6 +75,10 @@ class Contended:
     most_in_100ms: int
     late_p50_ms: float
     late_p99_ms: float
+    #: From the start of the run to the first slot, in ms (the threads' start-up).
+    first_slot_ms: float
+    #: Longest time between two consecutive slots, in ms (1/rate while the bucket never runs dry).
+    longest_gap_ms: float
 
     @property
     def grants_of_limit(self) -> float:
@@ -154,9 +158,11 @@ def run_contended(mode: str, url: str, rate: float, procs: int, threads: int, se
     late = sorted(max(0.0, woke - slot) * 1000 for slot, woke in used)
     over, worst = over_grants(slots, [(w, rate * w + 1) for w in WINDOWS])
     name = "ours: reserve, sleep once" if mode == "reserve" else "ours as before: poll (acquire, sleep, ask again)"
+    gaps = [(b - a) * 1000 for a, b in zip(slots, slots[1:])]
     return Contended(name, procs, threads, calls / seconds, len(slots) / seconds, rate,
                      calls / max(1, len(used)), over, worst, most_in(slots, 0.1),
-                     _percentile(late, 0.5), _percentile(late, 0.99))
+                     _percentile(late, 0.5), _percentile(late, 0.99),
+                     (slots[0] - start_at) * 1000 if slots else float("nan"), max(gaps, default=float("nan")))
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -328,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
             row = run_contended(mode, server.url, args.rate, args.procs, args.threads, args.seconds)
             rows.append(row)
             print(f"  {row.name}: {row.grants_of_limit:.4f} of the limit, {row.calls_per_grant:.3f} calls per "
-                  f"grant, over-grants {row.over_grants}", flush=True)
+                  f"grant, over-grants {row.over_grants}; first slot {row.first_slot_ms:.1f} ms after the start, "
+                  f"longest gap between slots {row.longest_gap_ms:.2f} ms", flush=True)
         solo = run_uncontended(server.url, args.seconds)
         print()
         _print_contended(rows, args.seconds)
