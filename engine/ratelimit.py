@@ -187,7 +187,7 @@ def bucket_at(tokens_raw: str | None, last_raw: str | None, paused_raw: str | No
     sees it: a pause not yet applied empties it until the reopen (or the last promised slot), and it refills
     at ``rate``/s up to ``burst`` from then on. Tokens below zero are promised; a later time is a reopen."""
     tokens = float(tokens_raw) if tokens_raw is not None else float(burst)
-    last = int(last_raw) if last_raw is not None else now
+    last = int(last_raw) if last_raw is not None else 0
     paused = int(paused_raw) if paused_raw is not None else 0
     if paused > last:
         last = max(paused, last + math.ceil(max(0.0, -tokens) / rate * US))

@@ -34,7 +34,8 @@ local max_wait = tonumber(ARGV[3] or '0')
 local now = now_us()
 local state = redis.call('MGET', KEYS[1], KEYS[2], KEYS[3])
 local tokens = tonumber(state[1] or ARGV[2])
-local last = tonumber(state[2] or now)
+-- A bucket without keys has been full forever: counted from time 0, a pause still empties it.
+local last = tonumber(state[2] or '0')
 local paused = tonumber(state[3] or '0')
 local news = paused > last
 if news then

@@ -116,6 +116,21 @@ def test_a_pause_empties_the_bucket_and_the_waiters_after_it_are_spread(redis_cl
     assert status["tokens"] == pytest.approx(-3.0) and status["reserved"] == 3
 
 
+def test_a_pause_no_caller_saw_still_empties_the_bucket(redis_client: redis.Redis, settings: EngineSettings) -> None:
+    # Given a full bucket of 2/s with a burst of 5, paused for 0.1 s
+    limiter = RateLimiter(redis_client, settings, {"api": Limit(rate=2.0, burst=5)})
+    reopen = limiter.pause("api", 0.1)
+    # (the status shows it empty before any caller has applied the pause)
+    status = limiter.status()["api"]
+    assert status["tokens"] == 0 and status["wait"] == pytest.approx(reopen + 0.5 - status["at"], abs=1e-5)
+    # When nobody asks until after the reopen, and then five callers want a token at once
+    time.sleep(0.2)
+    grants = [limiter.acquire("api") for _ in range(5)]
+    # Then only what refilled since the reopen is granted, not the full burst the bucket held before
+    refilled = (grants[-1].at - reopen) * 2.0
+    assert sum(g.granted for g in grants) <= refilled < 5
+
+
 def test_a_pause_queues_new_slots_behind_the_ones_already_promised(redis_client: redis.Redis,
                                                                     settings: EngineSettings) -> None:
     # Given a bucket of 1/s whose tokens are promised for the next 2 s
