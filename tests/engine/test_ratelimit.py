@@ -104,8 +104,8 @@ def test_a_pause_empties_the_bucket_and_the_waiters_after_it_are_spread(redis_cl
     # Given a full bucket of 10/s with a burst of 5
     limiter = RateLimiter(redis_client, settings, {"api": Limit(rate=10.0, burst=5)})
     assert limiter.status()["api"]["tokens"] == 5
-    # When a provider's 429 pauses it for 0.3 s, and three callers ask during the pause
-    reopen = limiter.pause("api", 0.3)
+    # When a provider's 429 pauses it for 2 s, and three callers ask during the pause
+    reopen = limiter.pause("api", 2.0)
     grants = [limiter.reserve("api", max_wait=5.0) for _ in range(3)]
     # Then the burst is gone: no one gets a token before the reopen, and the first after it waits 1/rate
     assert all(g.granted for g in grants)
@@ -147,7 +147,7 @@ def test_a_pause_queues_new_slots_behind_the_ones_already_promised(redis_client:
 def test_a_pause_is_applied_once(redis_client: redis.Redis, settings: EngineSettings) -> None:
     # Given a paused bucket of 10/s whose first caller after the pause reserved a slot
     limiter = RateLimiter(redis_client, settings, {"api": Limit(rate=10.0, burst=1)})
-    reopen = limiter.pause("api", 0.2)
+    reopen = limiter.pause("api", 2.0)
     first = limiter.reserve("api", max_wait=5.0)
     # When the same pause is seen again by later callers
     later = [limiter.reserve("api", max_wait=5.0) for _ in range(2)]
