@@ -44,10 +44,10 @@ import attrs
 from sqlalchemy import Engine, or_, select, update
 
 from engine.env import env_float, env_int
-from engine.errors import RateLimited
 from engine.identity import new_worker_id
 from engine.loop import FIRST_RETRY, Outage
 from engine.outcome import Action, Outcome, decide
+from engine.ratelimit import wait_for_token
 from engine.registry import Registry
 from engine.settings import DEFAULT_OUTAGE_BACKOFF_MAX, DEFAULT_VISIBILITY_TIMEOUT
 from engine.task import Task
@@ -103,15 +103,9 @@ class PollingContext:
         self.lease_lost = threading.Event()
 
     def acquire(self, api: str) -> None:
-        """Wait for a token of ``api``'s shared bucket, or defer the stage if the wait is long."""
-        while True:
-            grant = self._limiter.acquire(api)
-            if grant.granted:
-                return
-            if grant.wait > self._max_token_sleep:
-                raise RateLimited(f"{api}: next token in {grant.wait:.2f}s", retry_after=grant.wait, api=None)
-            if self._stop.wait(grant.wait):
-                raise RateLimited(f"{api}: shutting down while waiting for a token", retry_after=0.0, api=None)
+        """Reserve a token of ``api``'s shared bucket and sleep once until its slot, or defer the stage if the
+        slot is too far (the queue worker's way, engine.ratelimit.wait_for_token; a shutdown cancels the wait)."""
+        wait_for_token(self._limiter, api, self._max_token_sleep, self._stop)
 
     def pause(self, api: str, seconds: float) -> None:
         self._limiter.pause(api, seconds)

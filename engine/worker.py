@@ -541,7 +541,8 @@ class Worker:
         with self._lock:
             overdue = [j for j in self._jobs.values()
                        if j.time_limit > 0 and j.started is not None and not j.finished
-                       and now - j.started > j.time_limit]
+                       # Waiting for a rate-limit token is not running long (TaskContext.waited).
+                       and now - j.started - (j.ctx.waited if j.ctx is not None else 0.0) > j.time_limit]
             for job in overdue:
                 job.expired = True
                 del self._jobs[job.lease.task.task_id]
