@@ -72,6 +72,9 @@ class TokenSource:
         if not text:
             raise UsageError(f"{where}: has no string value (a binary secret is not an AUTH token)")
         if self.secret_key is None:
+            if str(text).lstrip().startswith("{"):
+                raise UsageError(f"{where}: holds a JSON object: name the token's field with "
+                                 "--auth-token-secret-key")
             return str(text)
         try:
             doc = json.loads(text)

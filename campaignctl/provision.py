@@ -275,7 +275,15 @@ def plan_replication_group(ec: Any, spec: RedisSpec, plan: Plan) -> None:
             where, ec.create_replication_group, **create_params(spec, token))))
         return
     group = found["ReplicationGroups"][0]
-    refused, changes = _group_differences(spec, group)
+    creating = group.get("Status") == "creating"
+    refused, changes = _group_differences(spec, group, shape=not creating)
+    if creating:
+        # Its shards and nodes are not all listed yet, and ElastiCache changes nothing until it is available.
+        plan.notes.append(f"{where} is still being created: its shards, nodes and node settings are checked "
+                          "once it is available (run again, or with --wait)")
+        refused += [f"{text} (to change once it is available)" for text, _ in changes]
+        plan.steps.extend(Step(where, text) for text in refused)
+        return
     member = _member_settings(ec, group, plan)
     if member is not None:
         pg, subnets, security_groups = member
@@ -327,8 +335,12 @@ def create_params(spec: RedisSpec, token: str | None) -> dict[str, Any]:
     return params
 
 
-def _group_differences(spec: RedisSpec, group: dict[str, Any]) -> tuple[list[str], list[tuple[str, dict[str, Any]]]]:
-    """(differences this command will not change, (change, ModifyReplicationGroup arguments) it will)."""
+def _group_differences(spec: RedisSpec, group: dict[str, Any], *,
+                       shape: bool = True) -> tuple[list[str], list[tuple[str, dict[str, Any]]]]:
+    """(differences this command will not change, (change, ModifyReplicationGroup arguments) it will).
+
+    ``shape``: compare shards and replicas too (not while the group is being created: they are not all listed).
+    """
     refused: list[str] = []
     changes: list[tuple[str, dict[str, Any]]] = []
     status = group.get("Status", "")
@@ -351,10 +363,10 @@ def _group_differences(spec: RedisSpec, group: dict[str, Any]) -> tuple[list[str
         refused.append("it has no AUTH token: add one with modify-replication-group --auth-token "
                        "--auth-token-update-strategy ROTATE, then move clients to it")
     shards = len(group.get("NodeGroups") or [])
-    if shards != spec.shards:
+    if shape and shards != spec.shards:
         refused.append(f"it has {shards} shard(s), asked {spec.shards}: reshard online with "
                        "modify-replication-group-shard-configuration")
-    elif len(group.get("MemberClusters") or []) != spec.nodes:
+    elif shape and len(group.get("MemberClusters") or []) != spec.nodes:
         have = len(group.get("MemberClusters") or []) // max(shards, 1) - 1
         refused.append(f"it has {have} replica(s) per shard, asked {spec.replicas}: change them with "
                        "increase-replica-count or decrease-replica-count")
@@ -432,8 +444,12 @@ def settings(ec: Any, spec: RedisSpec, token_from: str) -> list[str]:
         lines.append(f"# REDIS_URL: the endpoint is known once {where} is available "
                      "(run again with --wait, or later)")
     lines.append(f"REDIS_CLUSTER={'true' if cluster else 'false'}")
-    lines.append(f"# REDIS_PASSWORD must be set to the AUTH token (from {token_from}); it is never printed")
+    lines.append(password_line(token_from))
     return lines
+
+
+def password_line(token_from: str) -> str:
+    return f"# REDIS_PASSWORD must be set to the AUTH token (from {token_from}); it is never printed"
 
 
 # -- one run ---------------------------------------------------------------------------------------------------------
@@ -485,8 +501,9 @@ def run(spec: RedisSpec, ec: Any, secrets: Any, token_source: Any, env: Any, *, 
         say("dry run: nothing was changed" if plan.steps else
             f"dry run: {_resources(spec)} are already as asked")
         if plan.creates_group:
-            say(f"REDIS_CLUSTER={'true' if spec.cluster else 'false'}")
             say("# REDIS_URL: the endpoint is known once the group exists")
+            say(f"REDIS_CLUSTER={'true' if spec.cluster else 'false'}")
+            say(password_line(token_source.describe()))
             return 0
     else:
         for step in plan.steps:
