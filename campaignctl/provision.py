@@ -20,6 +20,7 @@ do makes no create or modify call.
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -33,7 +34,9 @@ FAMILIES = {"redis7": ("redis", "7.1"), "valkey7": ("valkey", "7.2"), "valkey8":
 DEFAULT_FAMILY = "redis7"
 #: A memory-optimised node with TLS, Multi-AZ and failover; size it to the queued tasks (bench/: bytes per task).
 DEFAULT_NODE_TYPE = "cache.r7g.large"
+#: Replication group id when --name is not given; the subnet and parameter groups are named after it.
 DEFAULT_NAME = "campaign-redis"
+#: Redis's own port.
 DEFAULT_PORT = 6379
 #: ElastiCache's limits: shards of a cluster-mode group, replicas per shard.
 MAX_SHARDS, MAX_REPLICAS = 500, 5
@@ -43,6 +46,7 @@ MAX_GROUP_ID = 40
 WAIT_DELAY = 15
 #: Tag put on everything this command creates.
 TAG = {"Key": "managed-by", "Value": "campaignctl provision-redis"}
+#: Description of everything this command creates (shown in the console).
 DESCRIPTION = "campaign-engine Redis (campaignctl provision-redis)"
 
 _ID = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
@@ -461,8 +465,6 @@ def make_clients(region: str | None, endpoint_url: str | None) -> tuple[Any, Any
     The region is ``region``, else AWS_REGION (which botocore itself does not read), else botocore's own
     (AWS_DEFAULT_REGION, the profile). With no ``endpoint_url`` boto3 honours AWS_ENDPOINT_URL itself.
     """
-    import os
-
     import boto3
     from botocore.config import Config
     from botocore.exceptions import BotoCoreError, NoRegionError
