@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "campaignctl.commands.send_cmds",
     "campaignctl.commands.sandbox_cmd",
     "campaignctl.commands.demo_cmd",
+    "campaignctl.commands.provision_cmd",
 )
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
