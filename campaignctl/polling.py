@@ -40,6 +40,7 @@ from typing import Any
 import attrs
 from sqlalchemy import Connection, Engine, func, select, text
 
+from engine import metrics, throttles
 from engine.env import env_float, env_int
 from engine.errors import Discard, Permanent, RateLimited, Transient
 from engine.identity import new_worker_id
@@ -92,6 +93,7 @@ class PollingContext:
 
     def pause(self, api: str, seconds: float) -> None:
         self._limiter.pause(api, seconds)
+        throttles.record(self._limiter, api)
 
     def enqueue(self, task_type: str, campaign_id: int) -> None:
         return None
@@ -170,6 +172,7 @@ class PollingDispatcher:
         claim_conn: Connection | None = None
         try:
             while not self.stop_event.is_set():
+                metrics.loop_alive()
                 try:
                     if claim_conn is None and self.postgres:
                         claim_conn = self.engine.connect()

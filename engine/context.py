@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from engine import metrics, throttles
 from engine.errors import RateLimited
 from engine.task import Task
 
@@ -53,7 +54,9 @@ class TaskContext:
         while True:
             grant = self._limiter.acquire(api)
             if grant.granted:
+                metrics.token_granted(api)
                 return
+            metrics.token_wait(api, grant.wait, slept=grant.wait <= self._max_sleep)
             if grant.wait > self._max_sleep:
                 raise RateLimited(f"{api}: next token in {grant.wait:.3f}s", retry_after=grant.wait, api=None)
             self._sleep(grant.wait)
@@ -62,6 +65,7 @@ class TaskContext:
         """Shut ``api``'s bucket for every worker (after a provider 429 with Retry-After)."""
         if self._limiter is not None:
             self._limiter.pause(api, seconds)
+            throttles.record(self._limiter, api)
 
     def enqueue(self, task_type: str, campaign_id: int, run_id: int | None = None) -> Task | None:
         """A dedup'ed follow-up task (None when one is already live)."""

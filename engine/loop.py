@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from engine import metrics
 from engine.errors import OutageTest, describe, is_outage
 from engine.retry import OutageBackoff
 
@@ -102,6 +103,8 @@ class Outage:
                 self._warned_at = now
             failures, since = self.backoff.failures, self.backoff.since or now
         outage = self.is_outage(exc)
+        if failures == 1:
+            metrics.outage_started()
         if new and outage:
             self.log.warning("%s: unavailable (%s); %s", self.what, describe(exc), consequence or self.consequence)
         elif new:
@@ -173,6 +176,7 @@ class ServiceLoop:
     def run(self, *, once: bool = False) -> int:
         """Pass after pass until stopped (0); with ``once`` one pass: 0 done, 1 failed."""
         while True:
+            metrics.loop_alive()
             try:
                 result = self.run_once()
             except Exception as exc:  # noqa: BLE001 - see the class docstring

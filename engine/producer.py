@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from engine import metrics
 from engine.errors import OutageTest
 from engine.loop import ServiceLoop, StopFlag
 from engine.queue import TaskQueue
@@ -48,6 +49,7 @@ class Producer(ServiceLoop):
         batch = max(1, self.settings.producer_batch)
         while not self.stopping:
             items = self.source(batch)
+            metrics.campaigns_started(len(items))
             if items:
                 total += sum(1 for t in self.queue.enqueue_many(items) if t is not None)
             if len(items) < batch:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 import attrs
 import redis
 
+from engine import metrics
 from engine.errors import OutageTest
 from engine.keys import split_task_key
 from engine.loop import ServiceLoop, StopFlag
@@ -84,8 +85,11 @@ class Recovery(ServiceLoop):
             report.dead_workers.append(worker_id)
             for settled in self.recover_worker(worker_id):
                 self._count(report, settled)
+                metrics.lease_recovered("dead_worker", settled.action)
         for task_type, task_id in self.queue.lapsed():
-            self._count(report, self.queue.recover_leased(task_type, task_id))
+            settled = self.queue.recover_leased(task_type, task_id)
+            self._count(report, settled)
+            metrics.lease_recovered("lease_expired", settled.action)
         report.promoted = self.queue.promote_due()
         if self.reconcile is not None:
             report.reconciled = self.reconcile_once()

@@ -141,6 +141,8 @@ def _worker(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     stop = StopFlag()
     _stop_on_signals(stop.set)
+    from campaignctl import service_endpoints
+    service_endpoints.start(ctx, "worker")
     if not _services_up(ctx, args, stop) or stop.is_set():
         return 0
     if mode == "polling":
@@ -193,6 +195,8 @@ def _run_loop(args: argparse.Namespace, build: Any) -> int:
     ctx = _ctx()
     stop = StopFlag()
     _stop_on_signals(stop.set)
+    from campaignctl import service_endpoints
+    service_endpoints.start(ctx, args.command)
     if not _services_up(ctx, args, stop):
         return 0
     return int(build(ctx, stop).run(once=args.once))
