@@ -14,37 +14,29 @@ import json
 import time
 from typing import Any
 
-from campaignctl import wiring
+from campaignctl import operations, wiring
 from campaignctl.context import AppContext
-from engine import throttles
-from engine.task import Task
 
 #: Longest the fleet gauges and the dashboard's overview may lag behind Redis and the database, in s.
 FLEET_REFRESH = 3.0
 
 
 def read_snapshot(ctx: AppContext) -> dict[str, Any]:
-    """Everything the fleet gauges and the dashboard's overview show, as plain data."""
-    queue = wiring.build_queue(ctx)
-    stats = queue.stats()
-    queues = stats["queues"]
-    oldest = _oldest_ready_ages(ctx, queue, list(queues))
-    for name, q in queues.items():
-        q.pop("key", None)
-        q["oldest_age"] = oldest.get(name)
-    limiter = wiring.build_limiter(ctx)
-    limits = limiter.status()
-    for api, count in throttles.counts(ctx.redis, limiter.keys, limits).items():
-        limits[api]["throttled"] = count
+    """Everything the fleet gauges and the dashboard's overview show, as plain data.
+
+    The queue and limit figures come from campaignctl.operations, the very
+    functions behind ``campaignctl queues`` and ``limits``.
+    """
+    stats = operations.queue_stats(ctx)
     workers = read_workers(ctx)
     counts = ctx.store.counts()
     return {
         "taken_at": time.time(),
-        "queues": queues,
+        "queues": stats["queues"],
         "dead_letters": stats["dead_letters"],
         "workers": {"alive": sum(1 for w in workers if w["alive"]), "dead": sum(1 for w in workers if not w["alive"]),
                     "list": workers},
-        "limits": limits,
+        "limits": operations.limits(ctx),
         "campaigns": counts["campaigns"],
         "stages": counts["stages"],
     }
@@ -70,21 +62,3 @@ def read_workers(ctx: AppContext) -> list[dict[str, Any]]:
         entry.setdefault("current_tasks", [])
         workers.append(entry)
     return workers
-
-
-def _oldest_ready_ages(ctx: AppContext, queue: Any, names: list[str]) -> dict[str, float | None]:
-    """Seconds since the oldest ready task of each queue was enqueued (workers take from the right end)."""
-    pipe = ctx.redis.pipeline(transaction=False)
-    for name in names:
-        pipe.lindex(queue.keys.queue(name), -1)
-    now = time.time()
-    ages: dict[str, float | None] = {}
-    for name, raw in zip(names, pipe.execute()):
-        if raw is None:
-            ages[name] = None
-            continue
-        try:
-            ages[name] = max(0.0, now - Task.from_json(raw).enqueued_at)
-        except Exception:  # noqa: BLE001 - a malformed payload waits to be dead-lettered by a claim
-            ages[name] = None
-    return ages

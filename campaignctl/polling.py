@@ -40,7 +40,7 @@ from typing import Any
 import attrs
 from sqlalchemy import Connection, Engine, func, select, text
 
-from engine import metrics, throttles
+from engine import metrics
 from engine.env import env_float, env_int
 from engine.errors import Discard, Permanent, RateLimited, Transient
 from engine.identity import new_worker_id
@@ -93,7 +93,7 @@ class PollingContext:
 
     def pause(self, api: str, seconds: float) -> None:
         self._limiter.pause(api, seconds)
-        throttles.record(self._limiter, api)
+        metrics.throttled(api)
 
     def enqueue(self, task_type: str, campaign_id: int) -> None:
         return None

@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from engine import metrics, throttles
+from engine import metrics
 from engine.errors import RateLimited
 from engine.task import Task
 
@@ -55,6 +55,7 @@ class TaskContext:
             grant = self._limiter.acquire(api)
             if grant.granted:
                 metrics.token_granted(api)
+                self._limiter.controls.controls.count_call(api)  # calls per provider, for `campaignctl limits`
                 return
             metrics.token_wait(api, grant.wait, slept=grant.wait <= self._max_sleep)
             if grant.wait > self._max_sleep:
@@ -65,7 +66,7 @@ class TaskContext:
         """Shut ``api``'s bucket for every worker (after a provider 429 with Retry-After)."""
         if self._limiter is not None:
             self._limiter.pause(api, seconds)
-            throttles.record(self._limiter, api)
+            metrics.throttled(api)
 
     def enqueue(self, task_type: str, campaign_id: int, run_id: int | None = None) -> Task | None:
         """A dedup'ed follow-up task (None when one is already live)."""

@@ -138,7 +138,7 @@ def last_loop_beat() -> float:
 
 # -- fleet-wide gauges ---------------------------------------------------------------------
 
-#: ``snapshot() -> dict`` as campaignctl.fleet.FleetSnapshot.as_dict() builds it.
+#: ``read() -> dict`` as campaignctl.fleet.read_snapshot builds it.
 Snapshot = Mapping[str, Any]
 
 
@@ -186,7 +186,7 @@ class FleetCollector(Collector):
         for name, q in snap["queues"].items():
             for state in ("ready", "in_flight", "delayed"):
                 depth.add_metric([name, state], q[state])
-            oldest.add_metric([name], q.get("oldest_age") or 0.0)
+            oldest.add_metric([name], q.get("oldest_ready_age") or 0.0)
         yield depth
         yield oldest
         yield _gauge("dead_letter_tasks", "Entries in the dead-letter queue.", snap["dead_letters"])

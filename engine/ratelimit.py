@@ -15,6 +15,7 @@ from typing import Any
 import attrs
 import redis
 
+from engine.controls import ControlCache, Controls
 from engine.keys import Keys
 from engine.scripts import Scripts
 from engine.settings import EngineSettings
@@ -50,10 +51,14 @@ class RateLimiter:
         self.keys = Keys(settings.key_prefix)
         self.limits = dict(limits)
         self.scripts = Scripts(client)
+        #: Rates an operator overrode at runtime (``campaignctl limits --set``), re-read every few seconds.
+        self.controls = ControlCache(Controls(client, settings.key_prefix))
 
     def rate(self, api: str) -> float:
-        """Scaled rate in calls per second."""
-        return self._limit(api).rate * self.settings.rate_scale
+        """Scaled rate in calls per second (an operator's runtime override wins over the configured one)."""
+        configured = self._limit(api).rate
+        override = self.controls.rate(api)
+        return (configured if override is None else override) * self.settings.rate_scale
 
     def _limit(self, api: str) -> Limit:
         try:
@@ -77,6 +82,7 @@ class RateLimiter:
         """Shut the bucket for every worker for ``seconds``; returns when it reopens (server time, s)."""
         self._limit(api)
         ms = max(1, math.ceil(seconds * 1000))
+        self.controls.controls.count_throttle(api)
         reopen = self.scripts.pause_bucket(keys=[self.keys.ratelimit(api, "paused_until")], args=[ms])
         return int(reopen) / 1e6
 

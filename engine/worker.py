@@ -38,6 +38,7 @@ import attrs
 import redis
 
 from engine import metrics
+from engine.controls import ControlCache, Controls
 from engine.context import TaskContext
 from engine.errors import Discard, Permanent, RateLimited, describe
 from engine.identity import new_worker_id
@@ -118,6 +119,8 @@ class Worker:
         self.worker_id = worker_id or new_worker_id()
         self.queue = TaskQueue(client, settings, task_types or registry.task_types)
         self.keys = self.queue.keys
+        #: Operator controls (engine/controls.py): queues paused at runtime are not claimed.
+        self._controls = ControlCache(Controls(client, settings.key_prefix))
         self.started_at = time.time()
         self._stop = threading.Event()
         #: Stops the heartbeat; set only once shutdown is done, so liveness and leases are kept during the grace.
@@ -200,7 +203,11 @@ class Worker:
                     self.queue.promote_due(self.queues)
                     next_promote = now + PROMOTE_INTERVAL
                 block = min(BURST_BLOCK, self.settings.claim_block) if self.burst else self.settings.claim_block
-                claim = self.queue.claim(self.worker_id, self.queues, free, block=block)
+                active = self._controls.active(self.queues)
+                if not active:  # every queue of this worker is paused by an operator
+                    self._stop.wait(self.settings.claim_block)
+                    continue
+                claim = self.queue.claim(self.worker_id, active, free, block=block)
                 for entry in claim.rejected:
                     self.registry.dead_lettered(None, entry["reason"], entry.get("error"))
                 for lease in claim.leases:
@@ -221,7 +228,7 @@ class Worker:
             self._slot_free.wait(BURST_BLOCK)
             self._slot_free.clear()
             return False
-        if self.queue.pending(self.queues) or self.redis.llen(self.keys.claiming(self.worker_id)):
+        if self.queue.pending(self._controls.active(self.queues)) or self.redis.llen(self.keys.claiming(self.worker_id)):
             self._stop.wait(BURST_BLOCK)  # delayed tasks not yet due
             return False
         return True

@@ -64,7 +64,7 @@ def test_fleet_collector_reads_at_most_once_per_refresh() -> None:
 
     def read() -> dict:
         reads.append(1)
-        return {"queues": {"email_sending": {"ready": 2, "in_flight": 1, "delayed": 0, "oldest_age": 4.5}},
+        return {"queues": {"email_sending": {"ready": 2, "in_flight": 1, "delayed": 0, "oldest_ready_age": 4.5}},
                 "dead_letters": 1, "campaigns": {"SENT": 3}, "stages": {"property_data": 0},
                 "workers": {"alive": 1, "dead": 0}, "limits": {"ses": {"tokens": 1.0, "paused_until": 12.0}}}
 
