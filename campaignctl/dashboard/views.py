@@ -110,9 +110,9 @@ def overview(snapshot: Mapping[str, Any], dead_letters: Sequence[Mapping[str, An
     newest = list(dead_letters)[-DLQ_SHOWN:][::-1]
     return {
         "taken_at": when_text(snapshot["taken_at"]),
-        "statuses": [{"name": k, "count": v} for k, v in snapshot["campaigns"].items()],
+        "statuses": [{"name": k, "label": k.replace("_", " "), "count": v} for k, v in snapshot["campaigns"].items()],
         "total": sum(snapshot["campaigns"].values()),
-        "stages": [{"name": k, "count": v} for k, v in snapshot["stages"].items()],
+        "stages": [{"name": k, "label": k.replace("_", " "), "count": v} for k, v in snapshot["stages"].items()],
         "queues": queues,
         "workers": workers,
         "workers_alive": snapshot["workers"]["alive"],
