@@ -93,7 +93,7 @@ def when_text(value: str | float | dt.datetime | None) -> str:
 def overview(snapshot: Mapping[str, Any], dead_letters: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The overview page: campaigns, queues, workers, limits, dead letters."""
     workers = [{
-        "id": w["id"], "state": "alive" if w["alive"] else "DEAD", "alive": w["alive"],
+        "id": w["id"], "state": "alive" if w["alive"] else "DEAD", "row_class": "ok" if w["alive"] else "bad",
         "queues": ", ".join(w.get("queues", [])), "concurrency": w.get("concurrency", "-"),
         "holds": ", ".join(w.get("current_tasks", [])) or "nothing",
         "heartbeat": when_text(w.get("heartbeat")),
@@ -101,7 +101,7 @@ def overview(snapshot: Mapping[str, Any], dead_letters: Sequence[Mapping[str, An
     limits = [{
         "api": api, "rate": s["rate"], "plan": s.get("plan", "-"), "burst": s["burst"], "tokens": f"{s['tokens']:.2f}",
         "paused": f"paused {s['paused_for']:.1f} s" if s["paused_until"] else "open",
-        "is_paused": bool(s["paused_until"]), "throttled": s.get("throttled", 0), "calls": s.get("calls", 0),
+        "paused_class": "bad" if s["paused_until"] else "", "throttled": s.get("throttled", 0), "calls": s.get("calls", 0),
     } for api, s in snapshot["limits"].items()]
     queues = [{
         "name": name, "ready": q["ready"], "in_flight": q["in_flight"], "delayed": q["delayed"],
