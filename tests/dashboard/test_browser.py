@@ -38,6 +38,8 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 TOKEN = "operator-token-for-the-test"
 #: Give up on the seeded campaigns reaching review, or the approved one being sent, after this long, in s.
 RUN_TIMEOUT = 120.0
+#: Longest the open overview may take to show a change: browser refresh (3 s) + snapshot cache (3 s) + slack, in ms.
+LIVE_TIMEOUT_MS = 15_000
 #: A phone's viewport, for one screenshot that shows the layout holds up.
 PHONE = {"width": 390, "height": 844}
 
@@ -123,7 +125,10 @@ def test_dashboard_in_a_real_browser(services: Services, pg_url: str, browser: B
     assert forged.status == 403
     assert store.get(campaign_id).campaign_status is Status.READY_FOR_REVIEW
 
-    # When the operator signs in with the token and approves the oldest draft in the browser
+    # When the operator signs in with the token and approves the oldest draft in the browser (an overview stays open)
+    live = browser.new_page()
+    live.goto(f"{url}/")
+    expect(live.locator("#count-status-SENT")).to_have_text("0")
     page.goto(f"{url}/login?next=/review")
     page.fill("#token", TOKEN)
     page.click("form.login button")
@@ -141,6 +146,9 @@ def test_dashboard_in_a_real_browser(services: Services, pg_url: str, browser: B
     expect(page.locator("#campaign-status")).to_have_text(Status.SENT.value)
     expect(page.locator("#history")).to_contain_text("approved by dashboard")
     expect(page.locator("#send")).to_be_visible()
+    # ... and the open overview followed by itself, without a reload
+    expect(live.locator("#count-status-SENT")).to_have_text("1", timeout=LIVE_TIMEOUT_MS)
+    expect(live.locator(f"#count-status-{Status.READY_FOR_REVIEW.value}")).to_have_text(str(CAMPAIGNS - 1))
     page.screenshot(path=str(tmp_path / "campaign-sent.png"), full_page=True)
     # ... while even a signed-in browser cannot post without the form's CSRF token
     waiting = oldest_waiting(store)
