@@ -214,6 +214,7 @@ def wait_until_up(
         + (f"for up to {timeout:g}s)" if timeout > 0 else "no time limit)")))
     deadline = time.monotonic() + timeout if timeout > 0 else None
     while True:
+        metrics.loop_alive()  # waiting for a dependency is the loop's job at start-up: /healthz stays green
         try:
             check()
         except Exception as exc:  # noqa: BLE001 - sorted just below
