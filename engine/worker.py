@@ -38,6 +38,7 @@ import attrs
 import redis
 
 from engine import metrics
+from engine import logcontext
 from engine.controls import ControlCache, Controls
 from engine.context import TaskContext
 from engine.errors import Discard, Permanent, RateLimited, describe
@@ -173,6 +174,7 @@ class Worker:
         if install_signals and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, self._on_signal)
+        logcontext.set_worker(self.worker_id)
         self._beat()
         heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         heartbeat.start()
@@ -313,8 +315,10 @@ class Worker:
                 if self._abandon:
                     continue  # shutting down: the job is released as not started
                 job.started = time.monotonic()
+            task = job.lease.task
             try:
-                self._handle(job)
+                with logcontext.task_scope(task.task_id, task.campaign_id, task.task_type):
+                    self._handle(job)
             except BaseException as exc:  # noqa: BLE001 - settling failed (Redis down): recovery will requeue the task
                 task = job.lease.task
                 if isinstance(exc, Exception) and self._claim_outage.is_outage(exc):

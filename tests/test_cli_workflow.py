@@ -77,7 +77,10 @@ def test_status_json_lists_every_status_and_stage(env: Env, capsys: pytest.Captu
     drive(env.store, ids[0], ["start", "advance"])
     code, out, _ = run(capsys, "status", "--json")
     assert code == 0
-    assert json.loads(out) == {
+    doc = json.loads(out)
+    assert list(doc) == ["campaigns", "stages", "error_reasons", "unknown_ids", "time_in_stage"]
+    assert doc["time_in_stage"]["property_data"]["n"] == 1
+    assert {k: doc[k] for k in ("campaigns", "stages")} == {
         "campaigns": {"DORMANT": 2, "PROCESSING": 1, "READY_FOR_REVIEW": 0, "READY_TO_SEND": 0,
                       "SEND_OUTCOME_UNKNOWN": 0, "SENT": 0, "ERROR": 0, "UNSUBSCRIBED": 0},
         "stages": {"property_data": 0, "active_listings": 1, "recent_sales": 0, "market_data": 0,
@@ -91,8 +94,13 @@ def test_status_shows_error_reasons_and_unknown_sends(env: Env, capsys: pytest.C
         drive(env.store, cid, ["start"])
         env.store.apply(cid, "fail", error="zillow: address unknown")
     drive(env.store, ids[2], TO_REVIEW + ("approve", "mark_send_unknown"))
+    code, out, _ = run(capsys, "status", "--json")
+    doc = json.loads(out)
+    assert doc["error_reasons"] == [{"reason": "zillow: address unknown", "count": 2, "ids": ids[:2]}]
+    assert doc["unknown_ids"] == [ids[2]]
     code, out, _ = run(capsys, "status")
     assert code == 0
+    assert "p95 in stage" in out
     assert "SEND_OUTCOME_UNKNOWN" in out and "unknown outcome" in out and str(ids[2]) in out
     assert "ERROR reasons" in out and "zillow: address unknown" in out and f"{ids[0]}, {ids[1]}" in out
 
@@ -113,7 +121,7 @@ def test_show_json_shape(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
     assert (first["from_status"], first["to_status"], first["trigger"]) == ("DORMANT", "PROCESSING", "start")
     assert (second["to_status"], second["task_id"], second["worker_id"], second["detail"]) == (
         "ERROR", "task-1", "w-1", "rentcast: 401")
-    dt.datetime.fromisoformat(second["at"])
+    assert dt.datetime.fromisoformat(second["at"]).utcoffset() == dt.timedelta(0)
 
 
 def test_show_human_output(env: Env, capsys: pytest.CaptureFixture[str]) -> None:

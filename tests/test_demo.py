@@ -72,6 +72,9 @@ def test_demo_runs_ten_campaigns_to_rest_and_leaves_no_process(tmp_path: Path) -
     # Then it exits 0 with every campaign resting and the summary printed
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "summary" in result.stdout and "achieved / bound" in result.stdout
+    # Not a terminal: progress came as plain lines, no Python reprs
+    progress = [line for line in result.stdout.splitlines() if " at rest (" in line]
+    assert progress and not any("{'" in line or "'}" in line for line in progress), result.stdout[:2000]
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["ok"] is True
     assert sum(summary["campaigns"].values()) == CAMPAIGNS
@@ -203,3 +206,23 @@ def test_demo_serves_the_dashboard_during_the_run(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
     assert _processes_with(marker) == []
+
+
+def test_progress_panel_and_plain_line() -> None:
+    from rich.console import Console
+
+    from campaignctl.demo import DemoOptions, Observation, plan_rates, progress_line, render_progress
+
+    obs = Observation(elapsed=15.5, campaigns={"PROCESSING": 18, "SENT": 2}, stages={"property_data": 18},
+                      calls={"zillow": 18}, throttled={"zillow": 1}, emails={}, queues=None)
+    opts = DemoOptions(campaigns=20, workers=2, concurrency=4, auto_approve=True, time_scale=30,
+                       workdir=Path("/tmp/unused"), keep=False, timeout=None, faults=None, json_summary=False)
+    rates = plan_rates({})
+    line = progress_line(obs, opts, 30, rates)
+    assert line.startswith("[  15.5s] 2/20 at rest (10%), ETA ") and "PROCESSING 18, SENT 2" in line
+    assert "zillow 18/" in line and "1 x 429" in line and "{" not in line
+    console = Console(width=140, record=True)
+    console.print(render_progress(obs, opts, 30, rates))
+    text = console.export_text()
+    assert "campaigns at rest" in text and "2/20" in text and "ETA" in text
+    assert "zillow" in text and "5/s" in text and "18/" in text

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from engine import metrics
 from engine.metrics_server import MetricsServer
 from tests.test_compose import ROOT, load_compose
 
@@ -39,6 +40,7 @@ def test_every_service_serves_metrics_and_has_a_healthcheck_on_healthz() -> None
 
 def test_the_healthcheck_command_works_against_a_real_endpoint() -> None:
     # Given a metrics server, and the very command compose runs in the container
+    metrics.loop_alive()
     server = MetricsServer(0, host="127.0.0.1").start()
     try:
         command = services()["producer"]["healthcheck"]["test"]

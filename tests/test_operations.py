@@ -138,7 +138,7 @@ def test_rate_override_is_shown_by_limits_and_read_by_workers(ctx: AppContext) -
     assert ops.limits(ctx)["zillow"]["plan"] == "10/min"
     ops.set_rate(ctx, "zillow", "20/min")
     shown = ops.limits(ctx)["zillow"]
-    assert shown["override"] == "20/min" and shown["rate"] == "19.6/min"
+    assert shown["override"] == "20/min" and shown["granted"] == "19.6/min"
     cache = ControlCache(Controls(ctx.redis, ctx.settings.key_prefix), refresh=0)
     assert cache.rate("zillow") == pytest.approx(20 / 60 * 0.98)  # the plan rate × RATE_HEADROOM
     ops.clear_rate(ctx, "zillow")

@@ -18,6 +18,12 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _faults(text: str) -> str:
+    from campaignctl.commands.sandbox_cmd import _faults as check
+
+    return check(text)
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from campaignctl import demo
 
@@ -43,7 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                          help="stop at READY_FOR_REVIEW (approve with `campaignctl approve`)")
     p.add_argument("--time-scale", type=_positive_float, default=None,
                    help="run every rate limit this many times faster (default: picked so the run takes about a minute)")
-    p.add_argument("--faults", default=None, help='sandbox fault spec, e.g. "zillow:5xx=0.1;bedrock:429=0.05"')
+    p.add_argument("--faults", type=_faults, default=None,
+                   help='sandbox fault spec, e.g. "zillow:5xx=0.1;bedrock:429=0.05" (checked before anything starts)')
     p.add_argument("--dir", type=Path, default=demo.DEFAULT_DIR,
                    help=f"working folder: database, Redis data, logs (default {demo.DEFAULT_DIR})")
     p.add_argument("--keep", action="store_true", help="keep the working folder's data from the last run")

@@ -18,8 +18,21 @@ import sys
 from typing import Any
 
 from campaignctl.cli import Refused, UsageError, positive_int
+from campaignctl.output import add_watch, console, duration, print_json, watch, when
 
 log = logging.getLogger(__name__)
+
+
+def _task_types() -> tuple[str, ...]:
+    from workflow.states import TASK_TYPES
+
+    return TASK_TYPES
+
+
+def _queue_name(text: str) -> str:
+    if text not in _task_types():
+        raise argparse.ArgumentTypeError(f"unknown queue {text!r}; known: {', '.join(_task_types())}")
+    return text
 
 
 def _queue_list(text: str) -> list[str]:
@@ -53,21 +66,42 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = _command(sub, "worker", _worker, "run task handlers (until SIGTERM, or until empty with --burst)",
                  service=True)
     p.add_argument("--queues", type=_queue_list, default=None,
-                   help="comma-separated task types to consume, in priority order (default: all)")
+                   help="comma-separated task types to consume, in priority order (default: all, last stage "
+                        "first: " + ", ".join(reversed(_task_types())) + ")")
     p.add_argument("--concurrency", type=positive_int, default=None,
                    help="handler threads (default: engine.worker.DEFAULT_CONCURRENCY, 16; polling mode 1)")
     p.add_argument("--burst", action="store_true", help="exit once the queues and this worker are empty")
     _command(sub, "producer", _producer, "start due campaigns and enqueue their first task", service=True, once=True)
     _command(sub, "recovery", _recovery,
              "requeue tasks of dead workers and lapsed leases; re-enqueue stalled campaigns", service=True, once=True)
-    _command(sub, "queues", _queues, "ready, in-flight and delayed tasks per queue, and dead letters", json_flag=True)
+    p = _command(sub, "queues", _queues, "tasks per queue (ready, in flight, delayed, oldest ready age, done and "
+                 "failed in the last hour, paused) and dead letters", json_flag=True)
+    add_watch(p)
     _command(sub, "workers", _workers, "registered workers, their liveness and current tasks", json_flag=True)
-    _command(sub, "limits", _limits, "rate limit per API: rate, burst, tokens now, paused until", json_flag=True)
+    p = _command(sub, "limits", _limits, "rate limit per API in plan units: rate, override, tokens, paused until, "
+                 "calls and 429s", json_flag=True)
+    change = p.add_mutually_exclusive_group()
+    change.add_argument("--set", nargs=2, metavar=("API", "RATE"),
+                        help="override API's plan rate at runtime, e.g. --set zillow 20/min (every worker follows "
+                             "within seconds; stored in Redis until cleared)")
+    change.add_argument("--clear", metavar="API", help="drop API's runtime override (back to RATE_<API> or the default)")
+    p = sub.add_parser("check", help="settings valid, Redis and the database answer (a healthcheck): exit 0, 1 or 2",
+                       description="Validates every setting, then pings Redis and the database once. Exit 0 when "
+                                   "both answer, 1 when one is unavailable, 2 for a bad setting (one line why).")
+    p.add_argument("--quiet", action="store_true", help="print nothing when all is well")
+    p.set_defaults(func=_check)
+    for name, verb in (("pause", "stop claiming"), ("resume", "claim again")):
+        p = _command(sub, name, _pause if name == "pause" else _resume,
+                     f"{verb} a queue's tasks, fleet-wide (running tasks finish; queued ones wait)")
+        p.add_argument("queue", type=_queue_name, help=", ".join(_task_types()))
 
     p = sub.add_parser("dlq", help="dead letters: list, requeue, purge")
     dsub = p.add_subparsers(dest="dlq_command", metavar="ACTION", required=True)
     _command(dsub, "list", _dlq_list, "list dead letters, oldest first", json_flag=True)
-    d = _command(dsub, "requeue", _dlq_requeue, "enqueue a fresh task for one dead letter (or all)", json_flag=True)
+    d = _command(dsub, "show", _dlq_show, "one dead letter in full, with its campaign's state now", json_flag=True)
+    d.add_argument("id", help="dead-letter id or task id")
+    d = _command(dsub, "requeue", _dlq_requeue,
+                 "retry the campaign of one dead letter (or all) if it is in ERROR at that step", json_flag=True)
     which = d.add_mutually_exclusive_group(required=True)
     which.add_argument("id", nargs="?", help="dead-letter id or task id")
     which.add_argument("--all", action="store_true", help="every dead letter")
@@ -97,9 +131,19 @@ def _services_up(ctx: Any, args: argparse.Namespace, stop: Any) -> bool:
     from engine.errors import describe
     from engine.loop import wait_until_up
 
+    from campaignctl.config_check import ConfigError, explain, is_redis_auth_error
+
+    def redis_up() -> None:
+        try:
+            ctx.redis.ping()
+        except Exception as exc:
+            if is_redis_auth_error(exc):  # a wrong or missing password is configuration: never wait for it
+                raise ConfigError(explain(exc, ctx.env)[1]) from None
+            raise
+
     settings = ctx.settings
     checks = (
-        (f"Redis at {redact_url(settings.redis_url)}", lambda: ctx.redis),
+        (f"Redis at {redact_url(settings.redis_url)}", redis_up),
         (f"the database at {redact_url(ctx.database_url)}", lambda: wiring.ping_database(ctx)),
     )
     for what, check in checks:
@@ -109,6 +153,8 @@ def _services_up(ctx: Any, args: argparse.Namespace, stop: Any) -> bool:
             elif not wait_until_up(what, check, backoff_max=settings.outage_backoff_max,
                                    timeout=settings.startup_timeout, is_outage=wiring.database_outage, stop=stop):
                 return False
+        except ConfigError:
+            raise
         except Exception as exc:  # noqa: BLE001 - reported as a refusal, without a traceback
             raise Refused(f"{what} is unavailable: {describe(exc)}") from None
     return True
@@ -144,6 +190,7 @@ def _worker(args: argparse.Namespace) -> int:
     from campaignctl import service_endpoints
     service_endpoints.start(ctx, "worker")
     if not _services_up(ctx, args, stop) or stop.is_set():
+        log.info("worker %s stopped before it started", worker_id)
         return 0
     if mode == "polling":
         return run_polling_worker(store=ctx.store, registry=registry, limiter=wiring.build_limiter(ctx),
@@ -157,6 +204,8 @@ def _worker(args: argparse.Namespace) -> int:
     # also between a rate-limit grant and its request, bunching requests at the provider (docs/reliability.md).
     gc.freeze()
     code = worker.run()
+    log.info("worker %s stopped (exit %d)%s", worker_id, code,
+             ", handlers still running were abandoned" if worker.left_running else "")
     if worker.left_running:
         # Handler threads still running past the grace period hold no lease any more; do not wait for them.
         logging.shutdown()
@@ -198,8 +247,11 @@ def _run_loop(args: argparse.Namespace, build: Any) -> int:
     from campaignctl import service_endpoints
     service_endpoints.start(ctx, args.command)
     if not _services_up(ctx, args, stop):
+        log.info("%s stopped before it started (signal while waiting for Redis or the database)", args.command)
         return 0
-    return int(build(ctx, stop).run(once=args.once))
+    code = int(build(ctx, stop).run(once=args.once))
+    log.info("%s stopped (exit %d)", args.command, code)
+    return code
 
 
 def _stop_on_signals(stop: Any) -> None:
@@ -213,33 +265,49 @@ def _stop_on_signals(stop: Any) -> None:
 
 
 def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, default=str))
+    print_json(data)
 
 
 def _when(ts: float | None) -> str:
-    if not ts:
-        return "-"
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return when(ts)
 
 
 def _table(headers: list[str], rows: list[list[Any]]) -> str:
     cells = [[str(c) for c in r] for r in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
     return "\n".join(lines)
 
 
-def _queues(args: argparse.Namespace) -> int:
-    from campaignctl import wiring
+def _queues_view(stats: dict[str, Any]) -> Any:
+    from rich.console import Group
+    from rich.table import Table
 
-    stats = wiring.build_queue(_ctx()).stats()
+    hours = stats.get("window", 3600) / 3600
+    table = Table(title="Queues")
+    for name, justify in (("queue", "left"), ("ready", "right"), ("in flight", "right"), ("delayed", "right"),
+                          ("oldest ready", "right"), (f"done {hours:g}h", "right"), (f"failed {hours:g}h", "right"),
+                          ("state", "left")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for name, q in stats["queues"].items():
+        table.add_row(name, str(q["ready"]), str(q["in_flight"]), str(q["delayed"]), duration(q["oldest_ready_age"]),
+                      "-" if q["processed"] is None else str(q["processed"]),
+                      "-" if q["failed"] is None else str(q["failed"]),
+                      "[bold yellow]PAUSED[/]" if q["paused"] else "")
+    return Group(table, f"dead letters: {stats['dead_letters']}")
+
+
+def _queues(args: argparse.Namespace) -> int:
+    from campaignctl import operations as ops
+
+    ctx = _ctx()
     if args.json:
-        _print_json(stats)
+        _print_json(ops.queue_stats(ctx))
         return 0
-    rows = [[name, q["ready"], q["in_flight"], q["delayed"]] for name, q in stats["queues"].items()]
-    print(_table(["queue", "ready", "in flight", "delayed"], rows))
-    print(f"dead letters: {stats['dead_letters']}")
+    if args.watch:
+        return watch(lambda: _queues_view(ops.queue_stats(ctx)), args.watch)
+    console().print(_queues_view(ops.queue_stats(ctx)))
     return 0
 
 
@@ -274,56 +342,117 @@ def _workers(args: argparse.Namespace) -> int:
 
 
 def _limits(args: argparse.Namespace) -> int:
-    from campaignctl import wiring
+    from campaignctl import operations as ops
 
-    try:
-        limiter = wiring.build_limiter(_ctx())
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    status = limiter.status()
+    ctx = _ctx()
+    if args.set or args.clear:
+        try:
+            result = ops.set_rate(ctx, *args.set) if args.set else ops.clear_rate(ctx, args.clear)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        print(result.message)
+        return 0
+    status = ops.limits(ctx)
     if args.json:
         _print_json({"limits": status})
         return 0
-    rows = [[api, f"{s['rate']:.4g}/s", s["burst"], f"{s['tokens']:.3f}",
-             _when(s["paused_until"]) if s["paused_until"] else "-"] for api, s in status.items()]
-    print(_table(["api", "rate", "burst", "tokens", "paused until"], rows))
+    rows = [[api, s["plan"], s["override"] or "-", s["rate"], s["burst"], f"{s['tokens']:.3f}",
+             when(s["paused_until"]) if s["paused_until"] else "-", s["calls"], s["throttled"]]
+            for api, s in status.items()]
+    print(_table(["api", "plan", "override", "granted", "burst", "tokens", "paused until", "calls", "429s"], rows))
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from campaignctl import wiring
+    from engine.redact import redact_url
+
+    ctx = _ctx()
+    ctx.redis.ping()
+    wiring.ping_database(ctx)
+    if not args.quiet:
+        print(f"ok: Redis at {redact_url(ctx.settings.redis_url)} and the database at "
+              f"{redact_url(ctx.database_url)} answer")
+    return 0
+
+
+def _pause(args: argparse.Namespace) -> int:
+    from campaignctl import operations as ops
+
+    print(ops.pause_queue(_ctx(), args.queue).message)
+    return 0
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from campaignctl import operations as ops
+
+    print(ops.resume_queue(_ctx(), args.queue).message)
     return 0
 
 
 def _dlq_list(args: argparse.Namespace) -> int:
-    from campaignctl import wiring
+    from campaignctl import operations as ops
 
-    entries = wiring.build_queue(_ctx()).dlq_list()
+    entries = ops.dead_letters(_ctx())
     if args.json:
         _print_json({"dead_letters": entries, "count": len(entries)})
         return 0
     if not entries:
         print("no dead letters")
         return 0
-    rows = [[e.get("id"), e.get("task_type") or "-", e.get("campaign_id") or "-", _when(e.get("at")),
+    rows = [[e.get("id"), e.get("task_type") or "-", e.get("campaign_id") or "-", when(e.get("at")),
              str(e.get("reason"))[:80]] for e in entries]
     print(_table(["id", "task type", "campaign", "at", "reason"], rows))
     return 0
 
 
-def _dlq_requeue(args: argparse.Namespace) -> int:
-    from campaignctl import wiring
+def _dlq_show(args: argparse.Namespace) -> int:
+    from campaignctl import operations as ops
 
-    result = wiring.build_queue(_ctx()).dlq_requeue(None if args.all else args.id)
-    if args.json:
-        _print_json(result)
-    else:
-        for key in ("requeued", "already_live", "unusable", "not_found"):
-            if result[key]:
-                print(f"{key.replace('_', ' ')}: {', '.join(result[key])}")
-        if not any(result.values()):
-            print("no dead letters")
-    if not args.all and result["not_found"]:
+    entry = ops.dead_letter(_ctx(), args.id)
+    if entry is None:
         raise UsageError(f"no dead letter with id {args.id!r}")
-    if result["unusable"]:
-        raise Refused(f"{len(result['unusable'])} dead letter(s) name no valid task type and campaign: "
-                      "fix or purge them")
+    if args.json:
+        _print_json(entry)
+        return 0
+    campaign = entry.get("campaign")
+    where = "-" if campaign is None else campaign["campaign_status"] + (
+        f":{campaign['processing_stage']}" if campaign["processing_stage"] != "idle" else "")
+    task = entry.get("task")
+    rows = [["id", entry.get("id")], ["task type", entry.get("task_type") or "-"],
+            ["campaign", f"{entry.get('campaign_id') or '-'} (now {where})"], ["at", when(entry.get("at"))],
+            ["worker", entry.get("worker_id") or "-"], ["reason", entry.get("reason")],
+            ["task", json.dumps(task) if isinstance(task, dict) else str(task)]]
+    print(_table(["field", "value"], rows))
+    if entry.get("error"):
+        print("\nerror:\n" + str(entry["error"]))
     return 0
+
+
+def _dlq_requeue(args: argparse.Namespace) -> int:
+    from campaignctl import operations as ops
+
+    ctx = _ctx()
+    if args.all:
+        ids = [str(e.get("id")) for e in ops.dead_letters(ctx)]
+    else:
+        ids = [args.id]
+    results = [ops.requeue_dead_letter(ctx, entry_id) for entry_id in ids]
+    if args.json:
+        _print_json({"results": [dict(r.to_dict(), id=i) for i, r in zip(ids, results)]})
+    elif not results:
+        print("no dead letters")
+    code = 0
+    for entry_id, result in zip(ids, results):
+        if not args.json:
+            if result.applied:
+                print(f"dead letter {entry_id}: {result.message}")
+                for line in result.queued:
+                    print(line)
+            else:
+                print(f"campaignctl dlq requeue: {result.message}", file=sys.stderr)
+        code = max(code, result.code)
+    return code
 
 
 def _dlq_purge(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import logging
 import os
 import signal
 import sys
@@ -17,6 +18,8 @@ import time
 
 #: How often the main thread checks for SIGTERM/SIGINT, in s.
 POLL = 0.2
+#: Port when neither --port nor SANDBOX_PORT is given.
+DEFAULT_PORT = 8080
 
 
 def _faults(text: str) -> str:
@@ -53,10 +56,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
         "sandbox", help="serve the simulated providers (Zillow, RentCast, QEV, Bedrock, SES) on one port",
         description="Simulated providers with real paths, shapes, errors and per-key rate limits. "
-                    "Control: GET /_sandbox/stats, /_sandbox/calls, /_sandbox/health; POST /_sandbox/reset, "
-                    "/_sandbox/faults. See docs/sandbox.md.")
-    p.add_argument("--port", type=_port, default=int(os.environ.get("SANDBOX_PORT") or 8080),
-                   help="port to listen on; 0 picks a free one (default 8080)")
+                    "Control: GET /_sandbox/stats, /_sandbox/calls, /_sandbox/emails, /_sandbox/health; "
+                    "POST /_sandbox/reset, /_sandbox/faults (GET shows them). See docs/sandbox.md.")
+    p.add_argument("--port", type=_port, default=None,
+                   help=f"port to listen on; 0 picks a free one (default SANDBOX_PORT, else {DEFAULT_PORT})")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--time-scale", type=_positive, default=1.0,
                    help="multiply every plan rate by this (set the engine's RATE_SCALE to the same)")
@@ -78,6 +81,8 @@ def _sandbox(args: argparse.Namespace) -> int:
         rates = plan_rates(os.environ)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if args.port is None:  # SANDBOX_PORT was validated by campaignctl.config_check before any command ran
+        args.port = int(os.environ.get("SANDBOX_PORT") or DEFAULT_PORT)
     try:
         handle = start_in_thread(args.port, args.host, time_scale=args.time_scale, faults=args.faults,
                                  seed=args.seed, hang=args.hang_seconds or DEFAULT_HANG, rates=rates)
@@ -99,5 +104,6 @@ def _sandbox(args: argparse.Namespace) -> int:
             time.sleep(POLL)
     finally:
         handle.stop()
+        logging.getLogger(__name__).info("sandbox on %s stopped", handle.url)
     sys.stdout.flush()
     return 0

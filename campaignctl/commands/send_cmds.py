@@ -15,10 +15,8 @@ Both are one compare-and-set with the row update in the same transaction.
 from __future__ import annotations
 
 import argparse
-from typing import Any
-
 from campaignctl.cli import campaign_id
-from campaignctl.commands.workflow_cmds import _apply, _enqueue, _with_context
+from campaignctl.commands.workflow_cmds import _with_context, report
 from campaignctl.context import AppContext
 
 
@@ -35,20 +33,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 @_with_context
 def cmd_resolve(args: argparse.Namespace, ctx: AppContext) -> int:
-    from workflow import sends
-    from workflow.sends import SendState
-    from workflow.states import EMAIL_SENDING, Status
-    from workflow.store import Expect
+    from campaignctl import operations as ops
 
-    state = SendState.SENT if args.sent else SendState.NOT_SENT
-    trigger = "resolve_sent" if args.sent else "resolve_not_sent"
-
-    def within(conn: Any, before: Any, after: Any) -> None:
-        sends.record_resolution(conn, before.id, before.run_id, before.email, state)
-
-    outcome = _apply(ctx, args.id, trigger, expect=Expect(status=Status.SEND_OUTCOME_UNKNOWN), within=within)
-    print(outcome.message)
-    if not args.sent:
-        for line in _enqueue(ctx, [(args.id, EMAIL_SENDING)], outcome.message):
-            print(line)
-    return 0
+    return report("resolve", ops.resolve(ctx, args.id, sent=args.sent))

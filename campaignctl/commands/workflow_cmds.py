@@ -21,16 +21,15 @@ from typing import Any
 
 from campaignctl.cli import Refused, UsageError, campaign_id, positive_int
 from campaignctl.context import AppContext
-from workflow.states import TASK_TYPES, Status
+from campaignctl.output import add_watch, console, duration, parse_duration, print_json, watch, when
+from workflow.states import Stage, Status
 
 Handler = Callable[[argparse.Namespace], int]
 
-#: Distinct error reasons listed by ``status`` (most frequent first).
-STATUS_TOP_REASONS = 10
-#: Campaign ids listed per reason / for SEND_OUTCOME_UNKNOWN by ``status``.
-STATUS_LIST_IDS = 10
-#: Longest error text ``status`` prints per reason, in characters.
-STATUS_REASON_WIDTH = 120
+#: Rows ``list`` prints unless told otherwise.
+DEFAULT_LIST_LIMIT = 100
+#: Drafts ``review`` shows per session unless told otherwise.
+DEFAULT_REVIEW_LIMIT = 20
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -41,6 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     group.add_argument("--downgrade", metavar="REV", help="downgrade to this revision ('base' = empty database)")
     group.add_argument("--stamp", metavar="REV",
                        help="record REV as applied without running it (e.g. 0001 for a database of the old system)")
+    p.add_argument("--wait", action="store_true",
+                   help="wait for the database to accept connections first (up to STARTUP_TIMEOUT; compose's "
+                        "migrate job does, since the database may still be starting)")
     p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("seed", help="create DORMANT campaigns (fake, or from a CSV file)",
@@ -55,14 +57,41 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--seed", type=int, default=0, help="random seed of the fake data (default 0)")
     p.set_defaults(func=cmd_seed)
 
-    p = sub.add_parser("status", help="campaigns per status and stage; errors and unknown sends")
-    p.add_argument("--json", action="store_true", help='{"campaigns": {status: n}, "stages": {stage: n}}')
+    p = sub.add_parser("status", help="campaigns per status and stage, time in stage; errors and unknown sends")
+    p.add_argument("--json", action="store_true",
+                   help='{"campaigns": {status: n}, "stages": {stage: n}, "error_reasons", "unknown_ids", '
+                        '"time_in_stage"}')
+    add_watch(p)
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("show", help="one campaign: its state and full history")
+    p = sub.add_parser("show", help="one campaign: its state and full history (--draft: the email for review)")
     p.add_argument("id", type=campaign_id, help="campaign id")
+    p.add_argument("--draft", action="store_true",
+                   help="the draft of the current run: recipient, subject, body, verification, analysis")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("list", help="campaigns by status, stage and age (oldest change first)")
+    p.add_argument("--status", type=_status, help=f"one of {', '.join(s.value for s in Status)}")
+    p.add_argument("--stage", type=_stage, help=f"one of {', '.join(s.value for s in Stage)}")
+    p.add_argument("--older-than", type=parse_duration, metavar="AGE",
+                   help="unchanged for at least AGE (90s, 30m, 1h, 2d)")
+    p.add_argument("--limit", type=positive_int, default=DEFAULT_LIST_LIMIT,
+                   help=f"at most this many rows (default {DEFAULT_LIST_LIMIT})")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("review", help="read the drafts waiting for review, oldest first; approve, skip, unsubscribe",
+                       description="Shows each draft waiting for review (READY_FOR_REVIEW), oldest first: recipient, "
+                                   "subject, body, verification result and analysis summary. On a terminal it asks "
+                                   "for each: [a]pprove, [s]kip, [u]nsubscribe or [q]uit. An approval applies only "
+                                   "if the campaign is still the version shown.")
+    p.add_argument("--limit", type=positive_int, default=DEFAULT_REVIEW_LIMIT,
+                   help=f"at most this many drafts (default {DEFAULT_REVIEW_LIMIT})")
+    p.add_argument("-i", "--interactive", action="store_true",
+                   help="ask for each draft even when stdin/stdout are not a terminal (answers read from stdin)")
+    p.add_argument("--json", action="store_true", help='{"waiting": n, "drafts": [...]} for scripts')
+    p.set_defaults(func=cmd_review)
 
     p = sub.add_parser("approve", help="approve a reviewed email (READY_FOR_REVIEW -> READY_TO_SEND) and queue it")
     target = p.add_mutually_exclusive_group(required=True)
@@ -71,7 +100,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=cmd_approve)
 
     p = sub.add_parser("retry", help="resume a campaign in ERROR at the step that failed, and queue it")
-    p.add_argument("id", type=campaign_id, help="campaign id")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("id", nargs="?", type=campaign_id, help="campaign id")
+    target.add_argument("--all", action="store_true", help="every campaign in ERROR")
+    p.add_argument("--stage", type=_stage, help="with --all: only those that failed at this stage "
+                                                "(idle = a failed send)")
     p.set_defaults(func=cmd_retry)
 
     p = sub.add_parser("unsubscribe", help="stop a campaign for good (nothing runs for it again)")
@@ -82,6 +115,21 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--no-unsubscribe", action="store_true",
                    help="leave out the unsubscribe edges (every state has one)")
     p.set_defaults(func=cmd_graph)
+
+
+def _status(text: str) -> str:
+    try:
+        return Status(text.upper()).value
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"unknown status {text!r}; one of {', '.join(s.value for s in Status)}") from None
+
+
+def _stage(text: str) -> str:
+    try:
+        return Stage(text.lower()).value
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"unknown stage {text!r}; one of {', '.join(s.value for s in Stage)}") from None
 
 
 def _seconds(text: str) -> float:
@@ -101,21 +149,12 @@ def _seconds(text: str) -> float:
 def _context() -> Iterator[AppContext]:
     """An AppContext whose database and Redis handles are closed afterwards.
 
-    Database errors become one-line refusals (a missing table almost always
-    means the schema was never migrated), never a traceback.
+    Database and Redis errors are explained in one line by campaignctl.cli
+    (config_check.explain), never a traceback.
     """
-    from sqlalchemy.exc import DBAPIError, NoSuchModuleError
-
     ctx = AppContext()
     try:
-        try:
-            yield ctx
-        except NoSuchModuleError as exc:
-            raise UsageError(f"DATABASE_URL names an unknown database driver: {exc}") from None
-        except DBAPIError as exc:
-            first = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else type(exc).__name__
-            hint = " (run `campaignctl migrate` first)" if "campaign" in first.lower() or "relation" in first.lower() else ""
-            raise Refused(f"database error: {first}{hint}") from None
+        yield ctx
     finally:
         if "db" in ctx.__dict__:
             ctx.db.dispose()
@@ -132,25 +171,21 @@ def _with_context(func: Callable[[argparse.Namespace, AppContext], int]) -> Hand
     return run
 
 
-def _iso(value: dt.datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
-#: Output width when stdout is not a terminal (a pipe, a file, a log), in characters.
-PIPE_WIDTH = 200
-
-
-def _console():  # type: ignore[no-untyped-def]
-    """A rich console; piped output is wide enough that history rows are not cut short."""
-    from rich.console import Console
-
-    console = Console()
-    if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(width=PIPE_WIDTH)
-    return console
-
-
 # -- migrate, seed -------------------------------------------------------------
+
+
+def _wait_for_database(ctx: AppContext) -> None:
+    """Block until the database answers (outage backoff, STARTUP_TIMEOUT), as the services do at start-up."""
+    from campaignctl import wiring
+    from engine.loop import wait_until_up
+    from engine.redact import redact_url
+
+    try:
+        wait_until_up(f"the database at {redact_url(ctx.database_url)}", lambda: wiring.ping_database(ctx),
+                      backoff_max=ctx.settings.outage_backoff_max, timeout=ctx.settings.startup_timeout,
+                      is_outage=wiring.database_outage)
+    finally:
+        ctx.db.dispose()
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -160,6 +195,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
     ctx = AppContext()
     url = ctx.database_url
+    if args.wait:
+        _wait_for_database(ctx)
     try:
         before = runner.current(url)
         if args.downgrade:
@@ -202,45 +239,70 @@ def cmd_seed(args: argparse.Namespace, ctx: AppContext) -> int:
     return 0
 
 
-# -- status, show ---------------------------------------------------------------
+# -- status, show, list -------------------------------------------------------------
 
 
-@_with_context
-def cmd_status(args: argparse.Namespace, ctx: AppContext) -> int:
-    counts = ctx.store.counts()
-    if args.json:
-        print(json.dumps(counts))
-        return 0
+def report(command: str, result: Any) -> int:
+    """Print an operations.ActionResult the CLI way: done to stdout, refusals as one line on stderr."""
+    if result.applied:
+        print(result.message if result.code == 0 else result.message.split(", but ")[0])
+        for line in result.queued:
+            print(line)
+    if result.code:
+        print(f"campaignctl {command}: {result.message}", file=sys.stderr)
+    return int(result.code)
+
+
+def _status_view(summary: Any) -> Any:
+    from rich.console import Group
     from rich.table import Table
 
-    reasons, unknown = _attention(ctx)
-    console = _console()
+    parts: list[Any] = []
+    counts = summary.campaigns
     table = Table(title="Campaigns")
     table.add_column("status")
     table.add_column("campaigns", justify="right")
-    for status, n in counts["campaigns"].items():
+    for status, n in counts.items():
         style = "bold red" if n and status in (Status.ERROR.value, Status.SEND_OUTCOME_UNKNOWN.value) else None
         table.add_row(status, str(n), style=style)
-    table.add_row("total", str(sum(counts["campaigns"].values())), style="bold")
-    console.print(table)
+    table.add_row("total", str(sum(counts.values())), style="bold")
+    parts.append(table)
     table = Table(title="PROCESSING by stage")
-    table.add_column("stage")
-    table.add_column("campaigns", justify="right")
-    for stage, n in counts["stages"].items():
-        table.add_row(stage, str(n))
-    console.print(table)
-    if unknown:
-        n = counts["campaigns"][Status.SEND_OUTCOME_UNKNOWN.value]
-        console.print(f"[bold red]{n} send(s) with unknown outcome[/] — never resent blindly; check SES and "
-                      f"resolve them: ids {_ids(unknown, n)}")
-    if reasons:
+    for name, justify in (("stage", "left"), ("campaigns", "right"), ("n", "right"), ("p50 in stage", "right"),
+                          ("p95 in stage", "right")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for stage, n in summary.stages.items():
+        t = summary.time_in_stage.get(stage, {})
+        table.add_row(stage, str(n), str(t.get("n", 0)), duration(t.get("p50")), duration(t.get("p95")))
+    parts.append(table)
+    if summary.unknown_ids:
+        n = counts[Status.SEND_OUTCOME_UNKNOWN.value]
+        parts.append(f"[bold red]{n} send(s) with unknown outcome[/] — never resent blindly; check SES and "
+                     f"resolve them: ids {_ids(summary.unknown_ids, n)}")
+    if summary.error_reasons:
         table = Table(title="ERROR reasons")
         table.add_column("campaigns", justify="right")
         table.add_column("reason")
         table.add_column("ids")
-        for reason, n, ids in reasons:
-            table.add_row(str(n), reason, _ids(ids, n))
-        console.print(table)
+        for r in summary.error_reasons:
+            table.add_row(str(r["count"]), r["reason"], _ids(r["ids"], r["count"]))
+        parts.append(table)
+    return Group(*parts)
+
+
+@_with_context
+def cmd_status(args: argparse.Namespace, ctx: AppContext) -> int:
+    from campaignctl import operations as ops
+
+    if args.json:
+        summary = ops.status_summary(ctx)
+        print_json({"campaigns": summary.campaigns, "stages": summary.stages,
+                    "error_reasons": summary.error_reasons, "unknown_ids": summary.unknown_ids,
+                    "time_in_stage": summary.time_in_stage}, indent=None)
+        return 0
+    if args.watch:
+        return watch(lambda: _status_view(ops.status_summary(ctx)), args.watch)
+    console().print(_status_view(ops.status_summary(ctx)))
     return 0
 
 
@@ -249,132 +311,124 @@ def _ids(ids: Sequence[int], total: int) -> str:
     return text + (f", … ({total - len(ids)} more)" if total > len(ids) else "")
 
 
-def _attention(ctx: AppContext) -> tuple[list[tuple[str, int, list[int]]], list[int]]:
-    """ERROR campaigns grouped by reason, and the first SEND_OUTCOME_UNKNOWN ids."""
-    from sqlalchemy import func, select
+def _draft_view(d: Any, position: str | None = None) -> Any:
+    from rich.console import Group
+    from rich.panel import Panel
+    from rich.table import Table
+    from rich.text import Text
 
-    from workflow.models import Campaign
-
-    c = Campaign.__table__
-    reason = func.coalesce(c.c.last_error, "(no reason recorded)")
-    with ctx.db.connect() as conn:
-        groups = conn.execute(
-            select(reason, func.count())
-            .where(c.c.campaign_status == Status.ERROR.value)
-            .group_by(reason)
-            .order_by(func.count().desc(), reason)
-            .limit(STATUS_TOP_REASONS)
-        ).all()
-        out = []
-        for text, n in groups:
-            ids = conn.execute(
-                select(c.c.id)
-                .where(c.c.campaign_status == Status.ERROR.value, reason == text)
-                .order_by(c.c.id)
-                .limit(STATUS_LIST_IDS)
-            ).scalars().all()
-            short = text if len(text) <= STATUS_REASON_WIDTH else text[: STATUS_REASON_WIDTH - 1] + "…"
-            out.append((short, int(n), list(ids)))
-        unknown = conn.execute(
-            select(c.c.id)
-            .where(c.c.campaign_status == Status.SEND_OUTCOME_UNKNOWN.value)
-            .order_by(c.c.id)
-            .limit(STATUS_LIST_IDS)
-        ).scalars().all()
-    return out, list(unknown)
-
-
-def _history_entry(row: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "from_status": row["from_status"],
-        "to_status": row["to_status"],
-        "from_stage": row["from_stage"],
-        "to_stage": row["to_stage"],
-        "trigger": row["trigger"],
-        "at": _iso(row["at"]),
-        "task_id": row["task_id"],
-        "worker_id": row["worker_id"],
-        "detail": row["detail"],
-    }
+    head = Table(show_header=False, box=None, pad_edge=False)
+    head.add_column(style="bold")
+    head.add_column()
+    head.add_row("campaign", f"{d.campaign_id} (run {d.run_id}, version {d.version}) — {d.status}")
+    head.add_row("to", f"{d.owner_name} <{d.to}>")
+    head.add_row("home", d.address)
+    head.add_row("waiting since", when(d.waiting_since))
+    style = "green" if d.verification_passed else ("red" if d.verification_passed is False else "yellow")
+    head.add_row("verification", Text(d.verification, style=style))
+    head.add_row("subject", Text(d.subject or "(no draft for this run)", style="bold"))
+    body = Text(d.body or "")
+    analysis = Text(d.analysis or "(no analysis)", style="dim")
+    title = f"Draft {position}" if position else "Draft"
+    return Panel(Group(head, Text(""), body, Text(""), Text("Analysis: ", style="bold dim") + analysis), title=title)
 
 
 @_with_context
 def cmd_show(args: argparse.Namespace, ctx: AppContext) -> int:
-    snap = ctx.store.get(args.id)
-    if snap is None:
+    from campaignctl import operations as ops
+
+    detail = ops.campaign_detail(ctx, args.id)
+    if detail is None:
         raise UsageError(f"no campaign with id {args.id}")
-    rows = ctx.store.history(args.id)
-    history = [_history_entry(r) for r in rows]
+    c = detail.campaign
     if args.json:
-        print(json.dumps({
-            "id": snap.id,
-            "campaign_status": snap.campaign_status.value,
-            "processing_stage": snap.processing_stage.value,
-            "run_id": snap.run_id,
-            "version": snap.version,
-            "last_error": snap.last_error,
-            "history": history,
-        }))
+        doc = {key: c[key] for key in ("id", "campaign_status", "processing_stage", "run_id", "version", "last_error")}
+        doc["history"] = [{key: h[key] for key in _HISTORY_KEYS} for h in detail.history]
+        if args.draft:
+            doc["draft"] = detail.draft.to_dict() if detail.draft else None
+            doc["stage_results"] = detail.stage_results
+        print(json.dumps(doc))
+        return 0
+    out = console()
+    if args.draft:
+        if detail.draft is None:
+            raise Refused(f"campaign {args.id} has no draft in its current run {c['run_id']} "
+                          f"(it is {_state(c['campaign_status'], c['processing_stage'])})")
+        out.print(_draft_view(detail.draft))
         return 0
     from rich.table import Table
 
-    console = _console()
-    table = Table(title=f"Campaign {snap.id}", show_header=False)
+    table = Table(title=f"Campaign {c['id']}", show_header=False)
     table.add_column(style="bold")
     table.add_column()
-    table.add_row("status", snap.campaign_status.value)
-    table.add_row("stage", snap.processing_stage.value)
-    table.add_row("run / version", f"{snap.run_id} / {snap.version}")
-    table.add_row("owner", f"{snap.owner_name} <{snap.email}>")
-    table.add_row("address", snap.address)
-    table.add_row("next run at", _iso(snap.next_run_at) or "-")
-    table.add_row("updated at", _iso(snap.updated_at) or "-")
-    if snap.last_error:
-        table.add_row("last error", snap.last_error, style="red")
-    send = _send_record(ctx, snap.id, snap.run_id)
+    table.add_row("status", c["campaign_status"])
+    table.add_row("stage", c["processing_stage"])
+    table.add_row("run / version", f"{c['run_id']} / {c['version']}")
+    table.add_row("owner", f"{c['owner_name']} <{c['email']}>")
+    table.add_row("address", c["address"])
+    table.add_row("next run at", when(c["next_run_at"]))
+    table.add_row("updated at", when(c["updated_at"]))
+    if c["last_error"]:
+        table.add_row("last error", c["last_error"], style="red")
+    send = detail.send
     if send:
         table.add_row("email send", f"{send['state']}"
                       + (f", message id {send['message_id']}" if send["message_id"] else "")
-                      + (f", sent {_iso(send['sent_at'])}" if send["sent_at"] else ""))
-    console.print(table)
-    if snap.campaign_status is Status.SEND_OUTCOME_UNKNOWN:
-        console.print("[bold red]The send's outcome is unknown[/]: it will not be resent blindly. "
-                      "Check SES for the message and resolve it (sent / not sent).")
+                      + (f", sent {when(send['sent_at'])}" if send["sent_at"] else ""))
+    if detail.draft is not None:
+        table.add_row("draft", f"{detail.draft.subject!r} (campaignctl show {c['id']} --draft)")
+    out.print(table)
+    if c["campaign_status"] == Status.SEND_OUTCOME_UNKNOWN.value:
+        out.print("[bold red]The send's outcome is unknown[/]: it will not be resent blindly. "
+                  "Check SES for the message and resolve it (sent / not sent).")
     table = Table(title="History")
     for name in ("v", "at", "trigger", "from", "to", "task", "worker", "detail"):
         table.add_column(name)
-    for row in rows:
+    for row in detail.history:
         table.add_row(
-            str(row["version"]),
-            _iso(row["at"]) or "",
-            row["trigger"],
-            _state(row["from_status"], row["from_stage"]),
-            _state(row["to_status"], row["to_stage"]),
-            row["task_id"] or "",
-            row["worker_id"] or "",
-            row["detail"] or "",
+            str(row["version"]), when(row["at"]), row["trigger"],
+            _state(row["from_status"], row["from_stage"]), _state(row["to_status"], row["to_stage"]),
+            row["task_id"] or "", row["worker_id"] or "", row["detail"] or "",
             style="red" if row["to_status"] in (Status.ERROR.value, Status.SEND_OUTCOME_UNKNOWN.value) else None,
         )
-    console.print(table)
+    out.print(table)
     return 0
+
+
+#: The keys of one history entry in ``show --json`` (SPEC §6), in order.
+_HISTORY_KEYS = ("from_status", "to_status", "from_stage", "to_stage", "trigger", "at", "task_id", "worker_id",
+                 "detail")
 
 
 def _state(status: str, stage: str) -> str:
     return status if stage == "idle" else f"{status}:{stage}"
 
 
-def _send_record(ctx: AppContext, cid: int, run_id: int) -> dict[str, Any] | None:
-    from sqlalchemy import select
+@_with_context
+def cmd_list(args: argparse.Namespace, ctx: AppContext) -> int:
+    from campaignctl import operations as ops
 
-    from workflow.models import EmailSend
+    rows = ops.list_campaigns(ctx, status=args.status, stage=args.stage, older_than=args.older_than,
+                              limit=args.limit)
+    if args.json:
+        print_json({"campaigns": [r.to_dict() for r in rows], "count": len(rows)}, indent=None)
+        return 0
+    if not rows:
+        print("no campaigns match")
+        return 0
+    from rich.table import Table
 
-    t = EmailSend.__table__
-    with ctx.db.connect() as conn:
-        row = conn.execute(select(t).where(t.c.campaign_id == cid, t.c.run_id == run_id)).first()
-    return dict(row._mapping) if row is not None else None
+    table = Table(title=f"Campaigns (oldest change first, at most {args.limit})")
+    for name in ("id", "status", "stage", "unchanged for", "owner", "email", "last error"):
+        table.add_column(name)
+    for r in rows:
+        table.add_row(str(r.id), r.status, r.stage if r.stage != "idle" else "", duration(r.age), r.owner_name,
+                      r.email, (r.last_error or "")[:60])
+    console().print(table)
+    return 0
 
 
-# -- approve, retry, unsubscribe --------------------------------------------------
+# -- approve, retry, unsubscribe, review -------------------------------------------------
 
 
 def _apply(ctx: AppContext, cid: int, trigger: str, **kwargs: Any):  # type: ignore[no-untyped-def]
@@ -389,88 +443,111 @@ def _apply(ctx: AppContext, cid: int, trigger: str, **kwargs: Any):  # type: ign
     return outcome
 
 
-def _enqueue(ctx: AppContext, jobs: Sequence[tuple[int, str]], done: str) -> list[str]:
-    """Enqueue (campaign, task type) pairs after the database moved; lines to print.
-
-    ``done`` describes what the database already recorded, so a Redis failure
-    message still tells the whole truth.
-    """
-    import redis
-
-    from engine.redact import redact_url
-
-    try:
-        from engine.queue import TaskQueue
-    except ImportError:
-        raise Refused(f"{done}; this build has no task queue (engine.queue), so the task was not queued: "
-                      "recovery will queue it") from None
-    lines = []
-    try:
-        queue = TaskQueue(ctx.redis, ctx.settings, TASK_TYPES)
-        tasks = queue.enqueue_many([(task_type, cid) for cid, task_type in jobs])
-        for (cid, task_type), task in zip(jobs, tasks, strict=True):
-            if task is None:
-                lines.append(f"campaign {cid}: a {task_type} task is already queued")
-            else:
-                lines.append(f"campaign {cid}: queued {task_type} task {task.task_id}")
-    except redis.RedisError as exc:
-        where = redact_url(ctx.settings.redis_url)
-        raise Refused(
-            f"{done}, but Redis at {where} is unreachable ({redact_url(str(exc)).splitlines()[0]}): "
-            f"{len(jobs) - len(lines)} task(s) not queued; the database is the truth and recovery "
-            "will queue them once Redis is back"
-        ) from None
-    return lines
+def _bulk_report(command: str, result: Any, noun: str, task: str) -> int:
+    n = len(result.done)
+    print(f"{noun} {n} campaign{'s' if n != 1 else ''}"
+          + (f" ({len(result.skipped)} changed meanwhile, left alone)" if result.skipped else ""))
+    if result.done and not result.error:
+        q = result.queued
+        print(f"queued {q} {task} task{'s' if q != 1 else ''}"
+              + (f" ({result.already_queued} already queued)" if result.already_queued else ""))
+    if result.error:
+        print(f"campaignctl {command}: {noun} {n} campaigns, but {result.error}", file=sys.stderr)
+    return int(result.code)
 
 
 @_with_context
 def cmd_approve(args: argparse.Namespace, ctx: AppContext) -> int:
-    from workflow.store import Expect, Result, bulk_campaign_ids
-    from workflow.states import EMAIL_SENDING
+    from campaignctl import operations as ops
 
-    if not args.all:
-        outcome = _apply(ctx, args.id, "approve")
-        print(outcome.message)
-        for line in _enqueue(ctx, [(args.id, EMAIL_SENDING)], outcome.message):
-            print(line)
-        return 0
-    approved: list[int] = []
-    skipped = 0
-    for cid in bulk_campaign_ids(ctx.db, [Status.READY_FOR_REVIEW]):
-        outcome = ctx.store.apply(cid, "approve", expect=Expect(status=Status.READY_FOR_REVIEW),
-                                  worker_id="campaignctl", detail="campaignctl approve --all")
-        if outcome.applied:
-            approved.append(cid)
-        elif outcome.result is not Result.NOT_FOUND:
-            skipped += 1  # moved by someone else since the list was read
-    print(f"approved {len(approved)} campaign{'s' if len(approved) != 1 else ''}"
-          + (f" ({skipped} changed meanwhile, left alone)" if skipped else ""))
-    if approved:
-        lines = _enqueue(ctx, [(cid, EMAIL_SENDING) for cid in approved], f"approved {len(approved)} campaigns")
-        queued = sum(1 for line in lines if "queued " in line)
-        print(f"queued {queued} email_sending task{'s' if queued != 1 else ''}"
-              + (f" ({len(lines) - queued} already queued)" if len(lines) > queued else ""))
-    return 0
+    if args.all:
+        return _bulk_report("approve", ops.approve_all(ctx), "approved", "email_sending")
+    return report("approve", ops.approve(ctx, args.id))
 
 
 @_with_context
 def cmd_retry(args: argparse.Namespace, ctx: AppContext) -> int:
-    from workflow.states import task_type_for
+    from campaignctl import operations as ops
 
-    outcome = _apply(ctx, args.id, "retry")
-    print(outcome.message)
-    task_type = task_type_for(outcome.after.campaign_status, outcome.after.processing_stage)
-    if task_type is not None:
-        for line in _enqueue(ctx, [(args.id, task_type)], outcome.message):
-            print(line)
-    return 0
+    if args.stage and not args.all:
+        raise UsageError("--stage goes with --all")
+    if args.all:
+        return _bulk_report("retry", ops.retry_all(ctx, stage=args.stage), "retried", "stage")
+    return report("retry", ops.retry(ctx, args.id))
 
 
 @_with_context
 def cmd_unsubscribe(args: argparse.Namespace, ctx: AppContext) -> int:
-    outcome = _apply(ctx, args.id, "unsubscribe")
-    print(outcome.message)
-    return 0
+    from campaignctl import operations as ops
+
+    return report("unsubscribe", ops.unsubscribe(ctx, args.id))
+
+
+#: What a reviewer can answer at the prompt, and what it does.
+REVIEW_CHOICES = {"a": "approve", "s": "skip", "u": "unsubscribe", "q": "quit"}
+
+
+@_with_context
+def cmd_review(args: argparse.Namespace, ctx: AppContext) -> int:
+    """Drafts oldest first; interactive on a terminal (approve, skip, unsubscribe, quit), a listing otherwise."""
+    from campaignctl import operations as ops
+
+    if args.json:
+        drafts = ops.review_queue(ctx, args.limit)
+        print_json({"waiting": ops.review_count(ctx), "drafts": [d.to_dict() for d in drafts]}, indent=None)
+        return 0
+    out = console()
+    interactive = args.interactive or (sys.stdin.isatty() and out.is_terminal)
+    total = ops.review_count(ctx)
+    if not total:
+        print("no drafts waiting for review")
+        return 0
+    if not interactive:
+        drafts = ops.review_queue(ctx, args.limit)
+        for i, d in enumerate(drafts, 1):
+            out.print(_draft_view(d, f"{i} of {total}"))
+        print(f"{total} waiting; approve with `campaignctl approve ID` or review interactively on a terminal")
+        return 0
+    skipped: list[int] = []
+    counts = {"approve": 0, "skip": 0, "unsubscribe": 0}
+    seen = 0
+    code = 0
+    while seen < args.limit:
+        batch = ops.review_queue(ctx, 1, after=skipped)
+        if not batch:
+            break
+        d = batch[0]
+        seen += 1
+        out.print(_draft_view(d, f"{seen} (of {ops.review_count(ctx)} waiting)"))
+        answer = _ask("[a]pprove, [s]kip, [u]nsubscribe, [q]uit? ")
+        if answer == "quit":
+            break
+        counts[answer] += 1
+        if answer == "skip":
+            skipped.append(d.campaign_id)
+            continue
+        if answer == "approve":
+            result = ops.approve(ctx, d.campaign_id, version=d.version)
+        else:
+            result = ops.unsubscribe(ctx, d.campaign_id)
+        code = max(code, report("review", result))
+    print(f"reviewed {seen}: approved {counts['approve']}, skipped {counts['skip']}, "
+          f"unsubscribed {counts['unsubscribe']}; {ops.review_count(ctx)} still waiting")
+    return code
+
+
+def _ask(prompt: str) -> str:
+    """One answer from REVIEW_CHOICES; end of input means quit."""
+    while True:
+        print(prompt, end="", flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            print()
+            return "quit"
+        choice = REVIEW_CHOICES.get(line.strip().lower()[:1])
+        if choice:
+            return choice
+        print("answer a, s, u or q")
 
 
 def cmd_graph(args: argparse.Namespace) -> int:

@@ -10,6 +10,10 @@ import redis
 from campaignctl.cli import main
 from engine.queue import TaskQueue
 from engine.settings import EngineSettings
+from migrations import runner
+from tests.workflow.helpers import drive, new_campaigns
+from workflow.db import make_engine
+from workflow.store import CampaignStore
 from workflow.states import TASK_TYPES
 
 
@@ -38,9 +42,12 @@ def test_queues_json_has_the_spec_shape(env: EngineSettings, redis_client: redis
     assert set(out) == {"queues", "dead_letters"}  # type: ignore[arg-type]
     assert list(out["queues"]) == list(TASK_TYPES)  # type: ignore[index]
     for name, row in out["queues"].items():  # type: ignore[index]
-        assert set(row) == {"key", "ready", "in_flight", "delayed"}
+        assert set(row) >= {"key", "ready", "in_flight", "delayed"}  # SPEC §6, plus the operator's columns
+        assert set(row) - {"key", "ready", "in_flight", "delayed"} == {"oldest_ready_age", "paused", "processed",
+                                                                       "failed"}
         assert row["key"] == queue.keys.queue(name)
     assert out["queues"]["market_data"]["ready"] == 1  # type: ignore[index]
+    assert 0 <= out["queues"]["market_data"]["oldest_ready_age"] < 60  # type: ignore[index]
     assert out["queues"]["email_sending"]["delayed"] == 1  # type: ignore[index]
     assert out["dead_letters"] == 1  # type: ignore[index]
     assert main(["queues"]) == 0
@@ -61,19 +68,31 @@ def test_workers_and_limits_json(env: EngineSettings, redis_client: redis.Redis,
     assert limits["zillow"]["rate"] == pytest.approx(0.5 * 0.98)  # RATE_ZILLOW=30/min, run at the default 0.98 headroom
     assert set(limits["zillow"]) >= {"rate", "burst", "tokens", "paused_until"}
     assert limits["zillow"]["tokens"] == 1.0 and limits["zillow"]["paused_until"] is None
+    assert (limits["zillow"]["plan"], limits["zillow"]["granted"]) == ("30/min", "29.4/min")
+    assert limits["bedrock"]["plan"] == "8/min" and limits["zillow"]["calls"] == 0
     assert main(["workers"]) == 0 and main(["limits"]) == 0
 
 
-def test_dlq_list_requeue_purge(env: EngineSettings, redis_client: redis.Redis,
+def test_dlq_list_requeue_purge(env: EngineSettings, redis_client: redis.Redis, sqlite_url: str,
                                 capsys: pytest.CaptureFixture[str]) -> None:
+    # Given campaign 4 waiting at home_analysis whose task payload was malformed (dead-lettered at claim)
+    runner.upgrade(sqlite_url)
+    engine = make_engine(sqlite_url)
+    (cid,) = new_campaigns(engine, 1)
+    drive(CampaignStore(engine), cid, ["start"] + ["advance"] * 4)
+    engine.dispose()
     queue = TaskQueue(redis_client, env, TASK_TYPES)
-    redis_client.lpush(queue.keys.queue("home_analysis"), json.dumps({"campaign_id": 4, "task_type": "home_analysis"}))
+    redis_client.lpush(queue.keys.queue("home_analysis"), json.dumps({"campaign_id": cid, "task_type": "home_analysis"}))
     redis_client.lpush(queue.keys.queue("home_analysis"), "garbage")
     assert queue.claim("w", TASK_TYPES, 5).leases == []
     entries = _json(capsys, "dlq", "list", "--json")["dead_letters"]  # type: ignore[index]
     assert len(entries) == 2 and all(e["reason"].startswith("malformed payload") for e in entries)
-    fixable = next(e for e in entries if e["campaign_id"] == 4)
+    fixable = next(e for e in entries if e["campaign_id"] == cid)
+    assert _json(capsys, "dlq", "show", fixable["id"], "--json")["campaign"]["processing_stage"] == "home_analysis"  # type: ignore[index]
+    assert main(["dlq", "show", "nope"]) == 2
+    assert capsys.readouterr().err == "campaignctl dlq show: no dead letter with id 'nope'\n"
     assert main(["dlq", "requeue", "nope"]) == 2
+    assert capsys.readouterr().err == "campaignctl dlq requeue: no dead letter with id 'nope'\n"
     assert main(["dlq", "requeue", fixable["id"]]) == 0
     assert queue.stats()["queues"]["home_analysis"]["ready"] == 1
     assert main(["dlq", "requeue", "--all"]) == 1  # the garbage cannot be rebuilt: refused
