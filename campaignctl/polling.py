@@ -286,16 +286,19 @@ class PollingDispatcher:
         policy = self.registry.policy(task_type)
         handler = self.registry.handler(task_type)
         assert handler is not None
+        started = time.monotonic()
         try:
             handler(task, ctx)
         except RateLimited as exc:
             if exc.api:
                 self.limiter.pause(exc.api, exc.retry_after)
             self._defer(key, backoff, exc.retry_after)
+            metrics.task_settled(task_type, "defer", True)
             return
         except Discard as exc:
             log.info("campaign %s %s: nothing to do (%s)", campaign_id, task_type, exc)
             self._forget(key)
+            metrics.task_settled(task_type, "ack", True)
             return
         except Permanent as exc:
             self._dead(task, f"permanent failure: {exc}", repr(exc))
@@ -304,6 +307,7 @@ class PollingDispatcher:
         except Exception as exc:  # noqa: BLE001 - Transient, or unexpected (counts as transient)
             if self.registry.is_outage(exc):
                 self._defer(key, backoff, self._task_outage.failed(exc))
+                metrics.task_settled(task_type, "outage deferral", True)
                 return
             if policy.exhausted(backoff.attempts):
                 kind = "transient" if isinstance(exc, Transient) else type(exc).__name__
@@ -313,10 +317,14 @@ class PollingDispatcher:
                 log.warning("campaign %s %s: attempt %d failed: %s", campaign_id, task_type, backoff.attempts + 1, exc)
                 delay = policy.backoff(backoff.attempts)
                 self._defer(key, attrs.evolve(backoff, attempts=backoff.attempts + 1), delay)
+                metrics.task_settled(task_type, "retry", True)
             return
+        finally:
+            metrics.task_ran(task_type, time.monotonic() - started)
         self._forget(key)
         self._task_outage.ok()
         self.handled += 1
+        metrics.task_settled(task_type, "ack", True)
 
     def _defer(self, key: tuple[int, str], backoff: _Backoff, seconds: float) -> None:
         with self._mutex:
@@ -333,6 +341,7 @@ class PollingDispatcher:
         keeps a poller with a bare registry from retrying a dead stage forever.
         """
         self.registry.dead_lettered(task, reason, error)
+        metrics.task_settled(task.task_type, "dead-letter", True)
         status, stage = expected_position(task.task_type)
         self.store.apply(task.campaign_id, "fail", expect=Expect(status=status, stage=stage), task_id=task.task_id,
                          worker_id=self.worker_id, error=reason)

@@ -1,5 +1,7 @@
 """/metrics, /healthz and /readyz of real services during an end-to-end run, checked against the truth.
 
+(The last test does the same for the polling dispatch: its succeeded tasks per type.)
+
 Real ``campaignctl`` processes (sandbox with injected 429s, producer,
 recovery, two queue workers), each with its own METRICS_PORT, bring a few
 campaigns to SENT. Then the numbers must match what really happened:
@@ -145,3 +147,34 @@ def _wait_http(url: str, svc: Services, timeout: float = 30.0) -> None:
         assert time.monotonic() < deadline, f"{url} never answered\n{svc.logs()}"
         svc.check_alive()
         time.sleep(0.1)
+
+
+def test_polling_workers_count_the_same_tasks(services: Services, pg_url: str) -> None:
+    # Given only polling-mode workers (the rollback path of the feature flag), each with its METRICS_PORT
+    ports = {name: free_port() for name in ("poller-data", "poller-email")}
+    services.start("poller-data", "worker", "--concurrency", "2", "--queues",
+                   "property_data,active_listings,recent_sales,market_data,home_analysis", DISPATCH_MODE="polling",
+                   METRICS_PORT=str(ports["poller-data"]), METRICS_HOST="127.0.0.1")
+    services.start("poller-email", "worker", "--concurrency", "2", "--queues", "email_creation,email_sending",
+                   DISPATCH_MODE="polling", METRICS_PORT=str(ports["poller-email"]), METRICS_HOST="127.0.0.1")
+    for port in ports.values():
+        _wait_http(f"http://127.0.0.1:{port}/healthz", services)
+    # When every campaign is sent
+    store = CampaignStore(make_engine(pg_url))
+    started = time.monotonic()
+    while store.counts()["campaigns"]["SENT"] < CAMPAIGNS:
+        assert time.monotonic() - started < RUN_TIMEOUT, services.logs()
+        services.check_alive()
+        time.sleep(0.3)
+    # Then the pollers' succeeded tasks per type are the stages the campaigns passed
+    truth = stages_passed(pg_url)
+    deadline = time.monotonic() + SETTLE_TIMEOUT  # a stage's count follows its database write
+    while True:
+        pages = [scrape(port) for port in ports.values()]
+        succeeded = {t: sum(total(p, "campaign_engine_tasks_total", type=t, outcome="succeeded") for p in pages)
+                     for t in truth}
+        if succeeded == dict(truth):
+            break
+        assert time.monotonic() < deadline, (succeeded, dict(truth))
+        time.sleep(0.3)
+    store.engine.dispose()
