@@ -94,6 +94,7 @@ class PollingContext:
     def pause(self, api: str, seconds: float) -> None:
         self._limiter.pause(api, seconds)
         metrics.throttled(api)
+        self._limiter.controls.controls.count_throttle(api)
 
     def enqueue(self, task_type: str, campaign_id: int) -> None:
         return None

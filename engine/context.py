@@ -69,6 +69,7 @@ class TaskContext:
         if self._limiter is not None:
             self._limiter.pause(api, seconds)
             metrics.throttled(api)
+            self._limiter.controls.controls.count_throttle(api)  # fleet-wide, for `limits` and the dashboard
 
     def enqueue(self, task_type: str, campaign_id: int, run_id: int | None = None) -> Task | None:
         """A dedup'ed follow-up task (None when one is already live)."""

@@ -82,7 +82,6 @@ class RateLimiter:
         """Shut the bucket for every worker for ``seconds``; returns when it reopens (server time, s)."""
         self._limit(api)
         ms = max(1, math.ceil(seconds * 1000))
-        self.controls.controls.count_throttle(api)
         reopen = self.scripts.pause_bucket(keys=[self.keys.ratelimit(api, "paused_until")], args=[ms])
         return int(reopen) / 1e6
 

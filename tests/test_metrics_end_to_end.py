@@ -24,6 +24,8 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
+from campaignctl import operations
+from campaignctl.context import AppContext
 from tests.servers import free_port
 from tests.test_dispatch_modes import CAMPAIGNS, Services, services  # noqa: F401 - the fixture
 from workflow.db import make_engine
@@ -122,6 +124,9 @@ def test_metrics_match_the_truth_during_an_end_to_end_run(services: Services, pg
             f"campaign gauges {gauges} vs database {db_counts}\n{services.logs()}")
         time.sleep(0.5)
     assert sum(sandbox_429.values()) > 0, f"no 429 was injected: the check proved nothing ({sandbox})"
+    # And the fleet-wide count the dashboard and `campaignctl limits` show is the same
+    limits = operations.limits(AppContext(env=services.env))
+    assert {api: limits[api]["throttled"] for api in sandbox_429} == sandbox_429
     recovery = pages["recovery"]
     assert total(recovery, "campaign_engine_queue_tasks", state="ready") == 0
     assert total(recovery, "campaign_engine_workers", state="alive") == 2
