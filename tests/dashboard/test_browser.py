@@ -130,6 +130,7 @@ def test_dashboard_in_a_real_browser(services: Services, pg_url: str, browser: B
     live.goto(f"{url}/")
     expect(live.locator("#count-status-SENT")).to_have_text("0")
     page.goto(f"{url}/login?next=/review")
+    page.screenshot(path=str(tmp_path / "login.png"), full_page=True)
     page.fill("#token", TOKEN)
     page.click("form.login button")
     expect(page.locator("#operator")).to_be_visible()
