@@ -36,6 +36,7 @@ import datetime as dt
 import logging
 import signal
 import threading
+import time
 import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
@@ -43,6 +44,7 @@ from typing import Any
 import attrs
 from sqlalchemy import Engine, or_, select, update
 
+from engine import metrics
 from engine.env import env_float, env_int
 from engine.identity import new_worker_id
 from engine.loop import FIRST_RETRY, Outage
@@ -109,6 +111,8 @@ class PollingContext:
 
     def pause(self, api: str, seconds: float) -> None:
         self._limiter.pause(api, seconds)
+        metrics.throttled(api)
+        self._limiter.controls.controls.count_throttle(api)
 
     def enqueue(self, task_type: str, campaign_id: int, run_id: int | None = None) -> None:
         return None
@@ -246,6 +250,7 @@ class PollingDispatcher:
 
     def _loop(self, burst: bool) -> None:
         while not self.stop_event.is_set():
+            metrics.loop_alive()
             try:
                 did = self.poll_once()
                 self._poll_outage.ok()
@@ -377,18 +382,21 @@ class PollingDispatcher:
         assert handler is not None
         error: Exception | None = None
         self.keeper.hold(claim, ctx)
+        started = time.monotonic()
         try:
             handler(task, ctx)
         except Exception as exc:  # noqa: BLE001 - every ending is decide()'s to judge
             error = exc
         finally:
             self.keeper.drop(claim)
+            metrics.task_ran(claim.task_type, time.monotonic() - started)
         outcome = decide(task, error, self.registry.policy(claim.task_type), self.registry.is_outage)
         self._carry_out(claim, task, outcome, error)
         return outcome
 
     def _carry_out(self, claim: PollClaim, task: Task, outcome: Outcome, error: Exception | None) -> None:
         cid, task_type = claim.campaign_id, claim.task_type
+        metrics.task_settled(task_type, _SETTLE_STEP[outcome.action], True)
         if outcome.action is Action.ACK:
             if outcome.reason:
                 log.info("campaign %s %s: %s", cid, task_type, outcome.reason)
@@ -420,6 +428,11 @@ class PollingDispatcher:
         status, stage = expected_position(task.task_type)
         self.store.apply(task.campaign_id, "fail", expect=Expect(status=status, stage=stage, run_id=task.run_id),
                          task_id=task.task_id, worker_id=self.worker_id, error=reason)
+
+
+#: The queue worker's name of the settle step each outcome is (engine.metrics counts them alike).
+_SETTLE_STEP = {Action.ACK: "ack", Action.DEFER: "defer", Action.OUTAGE: "outage deferral", Action.RETRY: "retry",
+                Action.DEAD: "dead-letter"}
 
 
 def _task_type(status: str, stage: str) -> str:

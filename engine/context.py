@@ -9,7 +9,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from engine import logcontext
+from engine import logcontext, metrics
+from engine.errors import RateLimited
 from engine.ratelimit import wait_for_token
 from engine.task import Task
 
@@ -18,6 +19,9 @@ if TYPE_CHECKING:
     from engine.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
+
+#: A token wait shorter than this is a granted token, not a wait (the round trip), in s.
+SLEPT_AT_LEAST = 0.001
 
 
 class TaskContext:
@@ -75,8 +79,15 @@ class TaskContext:
         self._wait = (self._wait[0], started)
         try:
             wait_for_token(self._limiter, api, self._max_sleep, self.lease_lost)
+        except RateLimited as exc:
+            metrics.token_wait(api, exc.retry_after, slept=False)  # deferred (or cancelled), not slept
+            raise
         finally:
             self._wait = (self._wait[0] + time.monotonic() - started, None)
+        slept = time.monotonic() - started
+        if slept > SLEPT_AT_LEAST:
+            metrics.token_wait(api, slept, slept=True)
+        metrics.token_granted(api)
         self._limiter.controls.controls.count_call(api)  # calls per provider, for `campaignctl limits`
 
     @property
@@ -94,6 +105,8 @@ class TaskContext:
         """Shut ``api``'s bucket for every worker (after a provider 429 with Retry-After)."""
         if self._limiter is not None:
             self._limiter.pause(api, seconds)
+            metrics.throttled(api)
+            self._limiter.controls.controls.count_throttle(api)  # fleet-wide, for `limits` and the dashboard
 
     def enqueue(self, task_type: str, campaign_id: int, run_id: int | None = None) -> Task | None:
         """A dedup'ed follow-up task (None when one is already live)."""

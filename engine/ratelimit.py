@@ -149,7 +149,6 @@ class RateLimiter:
         """
         limit = self._limit(api)
         ms = max(1, math.ceil(seconds * 1000))
-        self.controls.controls.count_throttle(api)
         replay_ms = max(1, int(self.settings.replay_window * 1000))
         linger_ms = math.ceil(limit.burst / self.rate(api) * 1000) + PAUSE_LINGER_SLACK
         reopen = self.scripts.pause_bucket(
