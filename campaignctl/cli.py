@@ -27,6 +27,8 @@ COMMAND_MODULES = (
     "campaignctl.commands.send_cmds",
     "campaignctl.commands.sandbox_cmd",
     "campaignctl.commands.demo_cmd",
+    "campaignctl.commands.provision_cmd",
+    "campaignctl.commands.dashboard_cmd",
 )
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2

@@ -110,6 +110,8 @@ class DemoOptions:
     timeout: float | None = None
     faults: str | None = None
     json_summary: bool = False
+    #: Serve the web dashboard (campaignctl dashboard) on a free loopback port while the demo runs.
+    dashboard: bool = False
 
 
 def plan_rates(env: Mapping[str, str]) -> dict[str, float]:
@@ -526,6 +528,8 @@ def run_demo(opts: DemoOptions, console: Any = None) -> int:
             sandbox_args += ["--faults", opts.faults]
         sandbox = supervisor.start("sandbox", sandbox_args)
         _wait_for_sandbox(sandbox, sandbox_url)
+        if opts.dashboard:
+            console.print(f"demo: dashboard on {_start_dashboard(supervisor)} (during the run)")
         observer = Observer(database_url, sandbox_url, redis_server.url)
 
         started = time.monotonic()
@@ -574,6 +578,24 @@ def run_demo(opts: DemoOptions, console: Any = None) -> int:
 
 def _raise_interrupted(signum: int, _frame: object) -> None:
     raise Interrupted(signal.Signals(signum).name)
+
+
+def _start_dashboard(supervisor: Supervisor) -> str:
+    """Start ``campaignctl dashboard`` on a free loopback port; its address once it answers."""
+    port = free_port()
+    child = supervisor.start("dashboard", ["dashboard", "--host", "127.0.0.1", "--port", str(port)])
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + SANDBOX_START_TIMEOUT
+    while time.monotonic() < deadline:
+        if child.popen.poll() is not None:
+            raise DemoError(f"the dashboard exited {child.popen.returncode}:\n{tail(child.log_path)}")
+        try:
+            if requests.get(f"{url}healthz", timeout=1).ok:
+                return url
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    raise DemoError(f"the dashboard did not answer within {SANDBOX_START_TIMEOUT:g}s:\n{tail(child.log_path)}")
 
 
 def _wait_for_sandbox(child: Child, url: str) -> None:

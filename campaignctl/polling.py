@@ -36,6 +36,7 @@ import datetime as dt
 import logging
 import signal
 import threading
+import time
 import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
@@ -43,11 +44,12 @@ from typing import Any
 import attrs
 from sqlalchemy import Engine, or_, select, update
 
+from engine import metrics
 from engine.env import env_float, env_int
-from engine.errors import RateLimited
 from engine.identity import new_worker_id
 from engine.loop import FIRST_RETRY, Outage
 from engine.outcome import Action, Outcome, decide
+from engine.ratelimit import wait_for_token
 from engine.registry import Registry
 from engine.settings import DEFAULT_OUTAGE_BACKOFF_MAX, DEFAULT_VISIBILITY_TIMEOUT
 from engine.task import Task
@@ -103,18 +105,14 @@ class PollingContext:
         self.lease_lost = threading.Event()
 
     def acquire(self, api: str) -> None:
-        """Wait for a token of ``api``'s shared bucket, or defer the stage if the wait is long."""
-        while True:
-            grant = self._limiter.acquire(api)
-            if grant.granted:
-                return
-            if grant.wait > self._max_token_sleep:
-                raise RateLimited(f"{api}: next token in {grant.wait:.2f}s", retry_after=grant.wait, api=None)
-            if self._stop.wait(grant.wait):
-                raise RateLimited(f"{api}: shutting down while waiting for a token", retry_after=0.0, api=None)
+        """Reserve a token of ``api``'s shared bucket and sleep once until its slot, or defer the stage if the
+        slot is too far (the queue worker's way, engine.ratelimit.wait_for_token; a shutdown cancels the wait)."""
+        wait_for_token(self._limiter, api, self._max_token_sleep, self._stop)
 
     def pause(self, api: str, seconds: float) -> None:
         self._limiter.pause(api, seconds)
+        metrics.throttled(api)
+        self._limiter.controls.controls.count_throttle(api)
 
     def enqueue(self, task_type: str, campaign_id: int, run_id: int | None = None) -> None:
         return None
@@ -215,6 +213,8 @@ class PollingDispatcher:
         self.stop_event = threading.Event()
         self.keeper = _ClaimKeeper(lambda: self.store.engine, lease)
         self._count_lock = threading.Lock()
+        #: Releases that failed (the database was down), retried before each claim: (claim, values).
+        self._unreleased: list[tuple[PollClaim, dict[str, Any]]] = []
         self.handled = 0
         #: A poll failing (the database down): its backoff and its once-per-outage log lines.
         self._poll_outage = Outage(f"polling worker {worker_id}: database", base=poll_interval,
@@ -250,6 +250,7 @@ class PollingDispatcher:
 
     def _loop(self, burst: bool) -> None:
         while not self.stop_event.is_set():
+            metrics.loop_alive()
             try:
                 did = self.poll_once()
                 self._poll_outage.ok()
@@ -265,6 +266,7 @@ class PollingDispatcher:
     def poll_once(self) -> int:
         """Start due campaigns (if asked), then claim and run one campaign. Returns 1 if it did anything."""
         started = 0
+        self._retry_releases()
         if self.start_due:
             started = len(self.store.start_due(limit=self.batch, worker_id=self.worker_id))
         claim = self.claim()
@@ -335,20 +337,38 @@ class PollingDispatcher:
     def _settle(self, claim: PollClaim, *, attempts: int = 0, delay: float | None = None) -> None:
         """Release the claim and write the stage's bookkeeping: attempts spent, and no run before ``delay`` s.
 
-        When the database is down this fails; the claim then lapses after POLL_LEASE.
+        When the database is down this raises, and the release is retried before the next claim.
         """
         values: dict[str, Any] = {"claimed_by": None, "claimed_until": None, "poll_attempts": attempts,
                                   "poll_version": claim.version if delay is not None else None,
                                   "poll_not_before": utcnow() + dt.timedelta(seconds=delay) if delay is not None
                                   else None}
         try:
-            with self.engine.begin() as conn:
-                conn.execute(update(campaigns)
-                             .where(campaigns.c.id == claim.campaign_id, campaigns.c.claimed_by == claim.token)
-                             .values(**values))
-        except Exception as exc:  # noqa: BLE001 - the claim lapses on its own
-            log.warning("campaign %s: could not release its claim (%s); it lapses in %.0fs", claim.campaign_id,
-                        exc, self.lease)
+            self._release(claim, values)
+        except Exception:
+            # Kept and retried before the next claim (at worst the claim lapses on its own after POLL_LEASE);
+            # raised, so the poll loop backs off as for any outage instead of calling the poll a success.
+            with self._count_lock:
+                self._unreleased.append((claim, values))
+            raise
+
+    def _release(self, claim: PollClaim, values: dict[str, Any]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(campaigns)
+                         .where(campaigns.c.id == claim.campaign_id, campaigns.c.claimed_by == claim.token)
+                         .values(**values))
+
+    def _retry_releases(self) -> None:
+        """Release the claims an outage kept us from releasing (raises while the database is still down)."""
+        with self._count_lock:
+            pending, self._unreleased = self._unreleased, []
+        for i, (claim, values) in enumerate(pending):
+            try:
+                self._release(claim, values)
+            except Exception:
+                with self._count_lock:
+                    self._unreleased.extend(pending[i:])
+                raise
 
     # -- running one stage -------------------------------------------------------
 
@@ -362,18 +382,21 @@ class PollingDispatcher:
         assert handler is not None
         error: Exception | None = None
         self.keeper.hold(claim, ctx)
+        started = time.monotonic()
         try:
             handler(task, ctx)
         except Exception as exc:  # noqa: BLE001 - every ending is decide()'s to judge
             error = exc
         finally:
             self.keeper.drop(claim)
+            metrics.task_ran(claim.task_type, time.monotonic() - started)
         outcome = decide(task, error, self.registry.policy(claim.task_type), self.registry.is_outage)
         self._carry_out(claim, task, outcome, error)
         return outcome
 
     def _carry_out(self, claim: PollClaim, task: Task, outcome: Outcome, error: Exception | None) -> None:
         cid, task_type = claim.campaign_id, claim.task_type
+        metrics.task_settled(task_type, _SETTLE_STEP[outcome.action], True)
         if outcome.action is Action.ACK:
             if outcome.reason:
                 log.info("campaign %s %s: %s", cid, task_type, outcome.reason)
@@ -405,6 +428,11 @@ class PollingDispatcher:
         status, stage = expected_position(task.task_type)
         self.store.apply(task.campaign_id, "fail", expect=Expect(status=status, stage=stage, run_id=task.run_id),
                          task_id=task.task_id, worker_id=self.worker_id, error=reason)
+
+
+#: The queue worker's name of the settle step each outcome is (engine.metrics counts them alike).
+_SETTLE_STEP = {Action.ACK: "ack", Action.DEFER: "defer", Action.OUTAGE: "outage deferral", Action.RETRY: "retry",
+                Action.DEAD: "dead-letter"}
 
 
 def _task_type(status: str, stage: str) -> str:

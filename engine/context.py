@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from engine import logcontext
+from engine import logcontext, metrics
 from engine.errors import RateLimited
+from engine.ratelimit import wait_for_token
 from engine.task import Task
 
 if TYPE_CHECKING:
@@ -18,13 +20,20 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: A token wait shorter than this is a granted token, not a wait (the round trip), in s.
+SLEPT_AT_LEAST = 0.001
+
 
 class TaskContext:
     """Per-task helpers; handlers stay free of Redis plumbing.
 
-    ``acquire(api)`` sleeps for a token when the wait is short (at most
-    MAX_TOKEN_SLEEP) and otherwise raises RateLimited(api=None) so the worker
-    defers the task through the delayed set without spending an attempt.
+    ``acquire(api)`` reserves a token and sleeps once until its slot when
+    that is at most MAX_TOKEN_SLEEP away, and otherwise raises
+    RateLimited(api=None) so the worker defers the task through the delayed
+    set without spending an attempt. ``waited`` says how long it has slept.
+
+    ``sleep`` is no longer used: the token wait sleeps on ``lease_lost``, so
+    that a lost lease ends it at once; the argument is still accepted.
     """
 
     def __init__(
@@ -48,28 +57,56 @@ class TaskContext:
         self._limiter = limiter
         self._max_sleep = max_token_sleep
         self._heartbeat = heartbeat
-        self._sleep = sleep or threading.Event().wait
+        del sleep  # accepted, no longer used (see the class docstring)
         #: Set by the worker when a renewal found the lease taken away: the result will not count.
         self.lease_lost = threading.Event()
+        #: (seconds spent in finished ``acquire`` calls, monotonic() when the current one began or None),
+        #: one tuple so that ``waited``, read from the worker's threads, never sees half an update.
+        self._wait: tuple[float, float | None] = (0.0, None)
 
     def acquire(self, api: str) -> None:
-        """Block until one token of ``api`` is ours; loops only because another worker may take it first."""
+        """Reserve one token of ``api`` and sleep once, until its slot (engine.ratelimit.wait_for_token).
+
+        Raises RateLimited(api=None) when the slot lies beyond MAX_TOKEN_SLEEP
+        (nothing reserved; the task is deferred, not retried) or when the lease
+        is lost during the sleep (the reservation is forfeit, the result would
+        not count anyway).
+        """
         if self._limiter is None:
             raise RuntimeError("this worker has no rate limiter")
         logcontext.set_provider(api)
-        while True:
-            grant = self._limiter.acquire(api)
-            if grant.granted:
-                self._limiter.controls.controls.count_call(api)  # calls per provider, for `campaignctl limits`
-                return
-            if grant.wait > self._max_sleep:
-                raise RateLimited(f"{api}: next token in {grant.wait:.3f}s", retry_after=grant.wait, api=None)
-            self._sleep(grant.wait)
+        started = time.monotonic()
+        self._wait = (self._wait[0], started)
+        try:
+            wait_for_token(self._limiter, api, self._max_sleep, self.lease_lost)
+        except RateLimited as exc:
+            metrics.token_wait(api, exc.retry_after, slept=False)  # deferred (or cancelled), not slept
+            raise
+        finally:
+            self._wait = (self._wait[0] + time.monotonic() - started, None)
+        slept = time.monotonic() - started
+        if slept > SLEPT_AT_LEAST:
+            metrics.token_wait(api, slept, slept=True)
+        metrics.token_granted(api)
+        self._limiter.controls.controls.count_call(api)  # calls per provider, for `campaignctl limits`
+
+    @property
+    def waited(self) -> float:
+        """Seconds this task has spent in ``acquire`` so far, the wait in progress included.
+
+        Waiting for a token is not the handler running long: the worker takes
+        this off the handler's running time before comparing it with
+        TASK_TIME_LIMIT, so a task queued behind a busy bucket is not given up.
+        """
+        total, since = self._wait
+        return total if since is None else total + time.monotonic() - since
 
     def pause(self, api: str, seconds: float) -> None:
         """Shut ``api``'s bucket for every worker (after a provider 429 with Retry-After)."""
         if self._limiter is not None:
             self._limiter.pause(api, seconds)
+            metrics.throttled(api)
+            self._limiter.controls.controls.count_throttle(api)  # fleet-wide, for `limits` and the dashboard
 
     def enqueue(self, task_type: str, campaign_id: int, run_id: int | None = None) -> Task | None:
         """A dedup'ed follow-up task (None when one is already live)."""

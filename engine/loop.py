@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from engine import metrics
 from engine.errors import OutageTest, describe, is_outage
 from engine.retry import OutageBackoff
 
@@ -98,6 +99,8 @@ class Outage:
                 self._warned_at = now
             failures, since = self.backoff.failures, self.backoff.since or now
         outage = self.is_outage(exc)
+        if failures == 1:
+            metrics.outage_started()
         if new and outage:
             self.log.warning("%s: unavailable (%s); %s", self.what, describe(exc), consequence or self.consequence)
         elif new:
@@ -169,6 +172,7 @@ class ServiceLoop:
     def run(self, *, once: bool = False) -> int:
         """Pass after pass until stopped (0); with ``once`` one pass: 0 done, 1 failed."""
         while True:
+            metrics.loop_alive()
             try:
                 result = self.run_once()
             except Exception as exc:  # noqa: BLE001 - see the class docstring
@@ -206,6 +210,7 @@ def wait_until_up(
         + (f"for up to {timeout:g}s)" if timeout > 0 else "no time limit)")))
     deadline = time.monotonic() + timeout if timeout > 0 else None
     while True:
+        metrics.loop_alive()  # waiting for a dependency is the loop's job at start-up: /healthz stays green
         try:
             check()
         except Exception as exc:  # noqa: BLE001 - sorted just below

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from engine import metrics
 from engine.errors import OutageTest
 from engine.loop import ServiceLoop, StopFlag
 from engine.queue import TaskQueue
@@ -61,6 +62,7 @@ class Producer(ServiceLoop):
             if limit <= 0:
                 break
             items = self.source(limit)
+            metrics.campaigns_started(len(items))
             if items:
                 total += sum(1 for t in self.queue.enqueue_many(items) if t is not None)
             if len(items) < limit:

@@ -139,29 +139,41 @@ class TaskQueue:
     def enqueue(self, task_type: str, campaign_id: int, delay: float = 0.0, *, run_id: int | None = None) -> Task | None:
         """Add a task; None when (task_type, campaign_id) already has a live one."""
         task = Task.new(task_type, campaign_id, run_id)
-        return task if self._enqueue(task, delay) else None
+        return task if self._enqueue_batch(task_type, [task], delay)[0] else None
 
     def enqueue_many(self, items: Iterable[tuple[str, int] | tuple[str, int, int | None]]) -> list[Task | None]:
-        """Enqueue several (task_type, campaign_id[, run_id]) in one round trip; None where one was live."""
+        """Enqueue several (task_type, campaign_id[, run_id]); None where one was live.
+
+        One enqueue.lua call per task type present (one round trip in all,
+        pipelined), however many tasks: the producer's and reconcile's
+        batches cost Redis a loop, not a command each.
+        """
         tasks = [Task.new(*item) for item in items]
         if not tasks:
             return []
+        by_type: dict[str, list[int]] = {}
+        for i, task in enumerate(tasks):
+            by_type.setdefault(task.task_type, []).append(i)
         pipe = self.redis.pipeline(transaction=False)
-        for task in tasks:
-            self._enqueue(task, 0.0, client=pipe)
-        return [task if done else None for task, done in zip(tasks, pipe.execute())]
+        for task_type, indexes in by_type.items():
+            self._enqueue_batch(task_type, [tasks[i] for i in indexes], 0.0, client=pipe)
+        out: list[Task | None] = [None] * len(tasks)
+        for (task_type, indexes), done in zip(by_type.items(), pipe.execute()):
+            for i, ok in zip(indexes, done):
+                if ok:
+                    out[i] = tasks[i]
+        return out
 
-    def _enqueue(self, task: Task, delay: float, client: Any = None) -> Any:
-        if task.task_type not in self.task_types:
-            raise ValueError(f"unknown task type {task.task_type!r}; known: {', '.join(self.task_types)}")
-        payload = task.to_json()
-        Task.from_json(payload, self.task_types)  # validated on the way in too
-        return self.scripts.enqueue(
-            keys=[self.keys.queue(task.task_type), self.keys.delayed(task.task_type),
-                  self.keys.dedup(task.task_type, task.campaign_id)],
-            args=[payload, task.task_id, max(0, int(delay * 1000))],
-            client=client,
-        )
+    def _enqueue_batch(self, task_type: str, tasks: Sequence[Task], delay: float, client: Any = None) -> Any:
+        if task_type not in self.task_types:
+            raise ValueError(f"unknown task type {task_type!r}; known: {', '.join(self.task_types)}")
+        keys = [self.keys.queue(task_type), self.keys.delayed(task_type)]
+        args: list[Any] = [max(0, int(delay * 1000))]
+        for task in tasks:
+            task.check()  # validated on the way in too
+            keys.append(self.keys.dedup(task_type, task.campaign_id))
+            args += [task.to_json(), task.task_id]
+        return self.scripts.enqueue(keys=keys, args=args, client=client)
 
     # -- claim --------------------------------------------------------------------
 

@@ -38,6 +38,7 @@ from typing import Any, Protocol
 import attrs
 import redis
 
+from engine import metrics
 from engine.connection import connection_name
 from engine.errors import OutageTest
 from engine.keys import split_task_key
@@ -157,7 +158,9 @@ class Recovery(ServiceLoop):
         try:
             self._recover_dead_workers(report)
             for task_type, task_id in self.queue.lapsed():
-                self._count(report, self.queue.recover_lapsed(task_type, task_id))
+                settled = self.queue.recover_lapsed(task_type, task_id)
+                self._count(report, settled)
+                metrics.lease_recovered("lease_expired", settled.action)
             report.promoted = self.queue.promote_due()
         except redis.RedisError:
             self.outage_seen("a Redis call failed")
@@ -182,6 +185,7 @@ class Recovery(ServiceLoop):
             report.dead_workers.append(judgement.worker_id)
             for settled in self.recover_worker(judgement):
                 self._count(report, settled)
+                metrics.lease_recovered("dead_worker", settled.action)
 
     def dead_workers(self) -> list[Judgement]:
         """Registered workers judged dead now, each with what the recovery scripts must re-check.

@@ -63,6 +63,17 @@ class Task:
         return cls(task_id=secrets.token_hex(TASK_ID_BYTES), campaign_id=campaign_id, task_type=task_type,
                    enqueued_at=round(time.time(), 3), run_id=run_id)
 
+    def check(self) -> None:
+        """Raise MalformedTask if a field is out of range (what ``from_json`` checks, without the JSON)."""
+        if not (isinstance(self.task_id, str) and 0 < len(self.task_id) <= 64):
+            raise MalformedTask("task_id must be 1 to 64 characters")
+        if type(self.campaign_id) is not int or self.campaign_id <= 0:
+            raise MalformedTask(f"campaign_id must be a positive int, got {self.campaign_id!r}")
+        if type(self.retry_count) is not int or self.retry_count < 0 or self.lease_losses < 0:
+            raise MalformedTask("retry_count and lease_losses must be whole numbers ≥ 0")
+        if self.run_id is not None and (type(self.run_id) is not int or self.run_id < 0):
+            raise MalformedTask(f"run_id must be a whole number ≥ 0, got {self.run_id!r}")
+
     def to_json(self) -> str:
         data: dict[str, Any] = {
             "task_id": self.task_id,

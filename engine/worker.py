@@ -36,6 +36,7 @@ from typing import Any
 import attrs
 import redis
 
+from engine import metrics
 from engine import logcontext
 from engine.controls import ControlCache, Controls
 from engine.context import TaskContext
@@ -197,6 +198,7 @@ class Worker:
     def _claim_loop(self) -> None:
         next_promote = 0.0
         while not self._stop.is_set():
+            metrics.loop_alive()
             free = self.concurrency - len(self._jobs)
             if free <= 0:
                 self._slot_free.wait(self.settings.claim_block)
@@ -407,6 +409,7 @@ class Worker:
         """The handler is out: from now on the time limit no longer applies to this job."""
         with self._lock:
             job.finished = True
+        metrics.task_ran(job.lease.task.task_type, time.monotonic() - (job.started or time.monotonic()))
 
     def _queue_ack(self, job: _Job) -> None:
         """Hand a finished job to the settler; its slot frees once the ack is stored."""
@@ -421,6 +424,7 @@ class Worker:
             self.registry.dead_lettered(job.lease.task, reason, entry["error"] if entry else None)
 
     def _settle(self, job: _Job, done: bool, what: str) -> bool:
+        metrics.task_settled(job.lease.task.task_type, what, done)
         self._finish([job])
         if not done:
             self._lost(job, what)
@@ -469,6 +473,7 @@ class Worker:
             results = [True] * len(batch)
         self._finish(batch)
         for job, ok in zip(batch, results):
+            metrics.task_settled(job.lease.task.task_type, "ack", ok)
             if not ok:
                 self._lost(job, "ack")
 
@@ -541,7 +546,8 @@ class Worker:
         with self._lock:
             overdue = [j for j in self._jobs.values()
                        if j.time_limit > 0 and j.started is not None and not j.finished
-                       and now - j.started > j.time_limit]
+                       # Waiting for a rate-limit token is not running long (TaskContext.waited).
+                       and now - j.started - (j.ctx.waited if j.ctx is not None else 0.0) > j.time_limit]
             for job in overdue:
                 job.expired = True
                 del self._jobs[job.lease.task.task_id]
@@ -567,6 +573,7 @@ class Worker:
             self._changed.notify_all()
         self._slot_free.set()
         task = job.lease.task
+        metrics.task_settled(task.task_type, "time limit", False)
         try:
             given = self.queue.give_up(job.lease, f"ran past its time limit of {job.time_limit:g}s")
         except redis.RedisError as exc:

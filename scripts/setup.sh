@@ -43,3 +43,8 @@ ensure_postgres() {
   done
   _apt_install postgresql-15 || _apt_install postgresql
 }
+
+ensure_chromium() {
+  # The dashboard's browser tests drive the system Chromium through Playwright (never its own download).
+  [ -x "${CHROMIUM_PATH:-/usr/bin/chromium}" ] || _apt_install chromium
+}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import requests
 
 from campaignctl.demo import bottleneck, default_time_scale, plan_rates
 from campaignctl.embedded_redis import EmbeddedRedis, EmbeddedRedisError
@@ -175,6 +177,35 @@ def test_embedded_redis_stops_a_server_left_by_a_killed_owner(tmp_path: Path) ->
             os.kill(leftover, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def test_demo_serves_the_dashboard_during_the_run(tmp_path: Path) -> None:
+    # Given a small demo with --dashboard
+    marker = uuid.uuid4().hex
+    proc = subprocess.Popen(
+        [str(BIN / "campaignctl"), "demo", "--campaigns", "3", "--workers", "1", "--time-scale", str(TIME_SCALE),
+         "--dir", str(tmp_path / "demo"), "--timeout", "150", "--dashboard"],
+        env={**_demo_env(marker), "COLUMNS": "200"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        # When it prints the dashboard's address
+        assert proc.stdout is not None
+        address = None
+        for line in proc.stdout:
+            match = re.search(r"dashboard on (http://127\.0\.0\.1:\d+/)", line)
+            if match:
+                address = match.group(1)
+                break
+        assert address, "the demo printed no dashboard address"
+        # Then the dashboard answers while the demo runs, and the demo still ends as usual
+        page = requests.get(address, timeout=10)
+        assert page.status_code == 200 and "Campaigns" in page.text
+        assert requests.get(f"{address}review", timeout=10).status_code == 200
+        rest = proc.communicate(timeout=240)[0]
+        assert proc.returncode == 0, rest[-4000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert _processes_with(marker) == []
 
 
 def test_progress_panel_and_plain_line() -> None:

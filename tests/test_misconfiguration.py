@@ -56,8 +56,9 @@ COMMANDS: list[tuple[list[str], bool, bool]] = [
     (["recovery", "--once"], True, True),
     (["worker", "--burst", "--no-wait"], True, True),
 ]
-#: Commands that only start when every setting is good (they bring their own Redis / serve forever).
-SETTINGS_ONLY: list[list[str]] = [["demo", "--campaigns", "1"], ["sandbox", "--port", "0"]]
+#: Commands that only start when every setting is good (they bring their own Redis / serve forever / call AWS).
+SETTINGS_ONLY: list[list[str]] = [["demo", "--campaigns", "1"], ["sandbox", "--port", "0"],
+                                  ["provision-redis", "--dry-run"]]
 
 #: (variable, bad value, text the one line must contain).
 BAD_SETTINGS = [

@@ -370,15 +370,13 @@ class CampaignStore:
             event_rows = []
             for after in started:
                 old = before[after.id]
-                status, stage = Status(old.campaign_status), Stage(old.processing_stage)
-                current = attrs.evolve(after, campaign_status=status, processing_stage=stage, version=old.version,
-                                       run_id=after.run_id - 1)
-                if status is Status.SENT:
-                    rearmed_snap = attrs.evolve(current, campaign_status=Status.DORMANT,
-                                                processing_stage=Stage.IDLE, version=old.version + 1)
-                    event_rows.append(_event_row(current, rearmed_snap, "rearm", None, worker_id, "due", now))
-                    current = rearmed_snap
-                event_rows.append(_event_row(current, after, "start", None, worker_id, "due", now))
+                version = old.version
+                if old.campaign_status == Status.SENT.value:
+                    event_rows.append(_start_event(after, "rearm", Status.SENT.value, Status.DORMANT.value, version + 1,
+                                                   worker_id, now))
+                    version += 1
+                event_rows.append(_start_event(after, "start", Status.DORMANT.value, Status.PROCESSING.value,
+                                               version + 1, worker_id, now))
             if event_rows:
                 conn.execute(insert(events), event_rows)
         order = {cid: i for i, cid in enumerate(before)}
@@ -416,6 +414,17 @@ def upsert_stage_result(conn: Connection, campaign_id: int, run_id: int, stage: 
         set_={"data": payload, "updated_at": now},
     )
     conn.execute(stmt)
+
+
+def _start_event(after: Snapshot, trigger: str, from_status: str, to_status: str, version: int,
+                 worker_id: str | None, at: dt.datetime) -> dict[str, Any]:
+    """A history row of the producer's rearm (SENT -> DORMANT) or start (DORMANT -> PROCESSING:property_data)."""
+    return {
+        "campaign_id": after.id, "run_id": after.run_id if trigger == "start" else after.run_id - 1,
+        "version": version, "trigger": trigger, "from_status": from_status, "to_status": to_status,
+        "from_stage": Stage.IDLE.value, "to_stage": Stage.PROPERTY_DATA.value if trigger == "start" else Stage.IDLE.value,
+        "task_id": None, "worker_id": worker_id, "at": at, "detail": "due",
+    }
 
 
 def _event_row(

@@ -57,6 +57,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--timeout", type=_positive_float, default=None,
                    help="give up after this many seconds (default: 4× the expected time + 60, at least 120)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON (progress goes to stderr)")
+    p.add_argument("--dashboard", action="store_true",
+                   help="serve the web dashboard on a free 127.0.0.1 port during the run and print its address")
     p.set_defaults(func=_run)
 
 
@@ -75,6 +77,7 @@ def _run(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         faults=args.faults,
         json_summary=args.json,
+        dashboard=args.dashboard,
     )
     try:
         return demo.run_demo(opts)

@@ -188,6 +188,8 @@ def _worker(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     stop = StopFlag()
     _stop_on_signals(stop.set)
+    from campaignctl import service_endpoints
+    service_endpoints.start(ctx, "worker")
     if not _services_up(ctx, args, stop) or stop.is_set():
         log.info("worker %s stopped before it started", worker_id)
         return 0
@@ -249,6 +251,8 @@ def _run_loop(args: argparse.Namespace, build: Any, *, client_name: str | None =
     ctx = _ctx(client_name)
     stop = StopFlag()
     _stop_on_signals(stop.set)
+    from campaignctl import service_endpoints
+    service_endpoints.start(ctx, args.command)
     if not _services_up(ctx, args, stop):
         log.info("%s stopped before it started (signal while waiting for Redis or the database)", args.command)
         return 0

@@ -25,7 +25,7 @@ from engine.retry import RetryPolicy
 from engine.settings import EngineSettings
 from engine.task import Task
 from engine.worker import Worker
-from tests.engine.conftest import TYPES
+from tests.engine.conftest import TYPES, wait_for
 from tests.servers import RedisServer, free_port
 
 
@@ -35,13 +35,7 @@ def _lapse(r: redis.Redis, queue: TaskQueue, task: Task) -> None:
     r.delete(queue.keys.task_lock(task.task_id))
 
 
-def _wait(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"gave up waiting for {what} after {timeout}s")
+_wait = wait_for
 
 
 # -- finding 1: two recovery loops ------------------------------------------------------------

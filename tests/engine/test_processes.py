@@ -9,6 +9,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -23,7 +24,7 @@ from engine.registry import Registry
 from engine.settings import EngineSettings
 from engine.task import Task
 from engine.worker import Worker
-from tests.engine.conftest import proc_env, spawn
+from tests.engine.conftest import proc_env, spawn, wait_for
 from tests.workflow.helpers import new_campaigns
 from workflow.db import make_engine
 from workflow.models import Base
@@ -31,13 +32,7 @@ from workflow.states import PIPELINE, TASK_TYPES, Stage, Status, expected_positi
 from workflow.store import CampaignStore, Expect
 
 
-def _wait(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"gave up waiting for {what} after {timeout}s")
+_wait = wait_for
 
 
 class _Loop:
@@ -56,10 +51,9 @@ class _Loop:
         self.thread.join(10)
 
 
-def test_sigkilled_worker_task_completes_elsewhere_within_the_liveness_ttl(
-        redis_client: redis.Redis, settings: EngineSettings, queue: TaskQueue, procs: list, tmp_path: Path) -> None:
-    # Given worker A holding a task (its handler sleeps), worker B idle, recovery running,
-    # and a visibility timeout far longer than the liveness TTL
+def _holder_and_idle_worker(redis_client: redis.Redis, settings: EngineSettings, queue: TaskQueue, procs: list,
+                            tmp_path: Path) -> tuple[Task, Any, Any]:
+    """Worker process A running one task (its handler holds), worker process B up and idle."""
     starts = f"{settings.key_prefix}:test:starts"
     task = queue.enqueue("alpha", 1)
     assert task is not None
@@ -70,6 +64,15 @@ def test_sigkilled_worker_task_completes_elsewhere_within_the_liveness_ttl(
     b = spawn(["-m", "tests.engine.worker_proc", "hold"], env, tmp_path / "b.log")
     procs.append(b)
     _wait(lambda: redis_client.llen(f"{settings.key_prefix}:test:workers") == 2, 20, "worker B to come up")
+    return task, a, b
+
+
+def test_sigkilled_worker_task_completes_elsewhere_within_the_liveness_ttl(
+        redis_client: redis.Redis, settings: EngineSettings, queue: TaskQueue, procs: list, tmp_path: Path) -> None:
+    # Given worker A holding a task (its handler sleeps), worker B idle, recovery running,
+    # and a visibility timeout far longer than the liveness TTL
+    starts = f"{settings.key_prefix}:test:starts"
+    task, a, b = _holder_and_idle_worker(redis_client, settings, queue, procs, tmp_path)
     with _Loop(Recovery(redis_client, settings, queue)):
         # When A is SIGKILLed
         killed_at = time.time()
@@ -101,15 +104,7 @@ def test_a_sigkilled_worker_is_dead_at_once_when_its_named_connections_are_gone(
     settings = attrs.evolve(settings, liveness_ttl=30.0, heartbeat_interval=0.5)
     queue = TaskQueue(redis_client, settings, ("alpha", "beta"))
     starts = f"{settings.key_prefix}:test:starts"
-    task = queue.enqueue("alpha", 1)
-    assert task is not None
-    env = proc_env(settings, CONCURRENCY="1")
-    a = spawn(["-m", "tests.engine.worker_proc", "hold"], env, tmp_path / "a.log")
-    procs.append(a)
-    _wait(lambda: redis_client.llen(starts) == 1, 20, "worker A to start the task")
-    b = spawn(["-m", "tests.engine.worker_proc", "hold"], env, tmp_path / "b.log")
-    procs.append(b)
-    _wait(lambda: redis_client.llen(f"{settings.key_prefix}:test:workers") == 2, 20, "worker B to come up")
+    task, a, b = _holder_and_idle_worker(redis_client, settings, queue, procs, tmp_path)
     recovery = Recovery(connect(settings, client_name="recovery:test"), settings, queue, quiet=0)
     with _Loop(recovery):
         time.sleep(1.0)

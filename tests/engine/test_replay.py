@@ -6,7 +6,8 @@ state a script acts on, calls it once, snapshots every key of the test's
 prefix, calls it again with the very same KEYS and ARGV (a replay), and
 compares. Scripts whose clock-driven effects cannot repeat to the microsecond
 (renew, the limiter) compare with a tolerance, and the limiter only promises
-that a replay never grants more than the bucket holds (issue 13 reworks it).
+that a replay never grants more than the bucket holds: a replayed reservation
+holds a second slot that no caller learns of (one token wasted, never one too many).
 """
 
 from __future__ import annotations
@@ -74,9 +75,9 @@ def _leased(queue: TaskQueue, cid: int = 1, worker: str = "W1") -> Any:
 
 
 def case_enqueue(q: TaskQueue, r: redis.Redis) -> tuple[str, list[str], list[Any]]:
-    task = Task.new("alpha", 1)
-    return "enqueue", [q.keys.queue("alpha"), q.keys.delayed("alpha"), q.keys.dedup("alpha", 1)], \
-        [task.to_json(), task.task_id, 0]
+    one, two = Task.new("alpha", 1), Task.new("alpha", 2)
+    return "enqueue", [q.keys.queue("alpha"), q.keys.delayed("alpha"), q.keys.dedup("alpha", 1),
+                       q.keys.dedup("alpha", 2)], [0, one.to_json(), one.task_id, two.to_json(), two.task_id]
 
 
 def case_claim(q: TaskQueue, r: redis.Redis) -> tuple[str, list[str], list[Any]]:
@@ -223,11 +224,12 @@ def test_a_replayed_token_request_never_over_grants(redis_client: redis.Redis, s
     # Given a bucket of 2 tokens that refills at 1 per 100 s (nothing refills during the test)
     limiter = RateLimiter(redis_client, settings, {"api": Limit(rate=0.01, burst=2)})
     keys = limiter._bucket("api")
-    args = [repr(limiter.rate("api")), 2]
+    args = [repr(limiter.rate("api")), 2, 1_000_000_000]  # callers wait up to 1000 s: they reserve
     # When one request is replayed, and then a third caller asks
     first = limiter.scripts.acquire_token(keys=keys, args=args)
     replay = limiter.scripts.acquire_token(keys=keys, args=args)
     third = limiter.scripts.acquire_token(keys=keys, args=args)
     # Then the replay took the second token (the caller only learns one grant: one token wasted, never one
-    # too many), and the third caller waits
-    assert first[0] == 1 and replay[0] == 1 and third[0] == 0
+    # too many), and the third caller is given the slot after them: the next refill, 100 s on
+    assert first[:2] == [1, 0] and replay[:2] == [1, 0]
+    assert third[0] == 1 and third[1] + third[2] - first[2] == pytest.approx(100_000_000, abs=2)

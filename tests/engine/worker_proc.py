@@ -6,9 +6,10 @@ Settings come from the environment (KEY_PREFIX, LIVENESS_TTL, ...). Modes:
   kills the process meanwhile; any later start records itself and returns.
 - ``store``: advances the campaign in the database (DATABASE_URL) one stage,
   the way a stage handler does, and enqueues the next stage's task.
-- ``bucket``: not a worker: takes tokens from the ``hammer`` bucket for
-  DURATION seconds as fast as the limiter allows, recording each grant's
-  server time in ``<prefix>:test:grants``.
+- ``bucket``: not a worker: reserves tokens from the ``hammer`` bucket for
+  DURATION seconds as fast as the limiter allows, sleeping until each slot as
+  a task would, recording ``<decided>,<slot>`` (server times) of each grant in
+  ``<prefix>:test:grants``.
 """
 
 from __future__ import annotations
@@ -74,11 +75,10 @@ def hammer(r, settings: EngineSettings) -> None:  # type: ignore[no-untyped-def]
     end = time.time() + float(os.environ["DURATION"])
     key = f"{settings.key_prefix}:test:grants"
     while time.time() < end:
-        grant = limiter.acquire("hammer")
+        grant = limiter.reserve("hammer", max_wait=settings.max_token_sleep)
         if grant.granted:
-            r.rpush(key, repr(grant.at))
-        else:
-            time.sleep(grant.wait)
+            r.rpush(key, f"{grant.at!r},{grant.slot!r}")
+        time.sleep(grant.wait)
 
 
 def main() -> int:
