@@ -944,6 +944,7 @@ class Cluster:
             task_samples=list(self.task_samples.values()),
             samples_taken=self.samples_taken,
             duplicates=list(self.duplicates),
+            t0=self.t0,
         )
 
     def process_table(self) -> list[dict[str, Any]]:
@@ -1074,6 +1075,8 @@ class Evidence:
     samples_taken: int = 0
     #: Duplicate email_sending tasks the schedule injected.
     duplicates: list[dict[str, Any]] = attrs.Factory(list)
+    #: time.monotonic() when the schedule's clock started (the sandbox's call log uses the same clock).
+    t0: float = 0.0
 
 
 def _json_or_error(done: subprocess.CompletedProcess[str]) -> Any:

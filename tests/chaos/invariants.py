@@ -316,7 +316,7 @@ def worst_window(times: list[float], rate: float) -> tuple[float, int, float]:
 
 
 def throttle_context(calls: list[dict[str, Any]], provider: str, rate: float | None, time_scale: float,
-                     limit: int = 4) -> str:
+                     limit: int = 4, t0: float = 0.0) -> str:
     """What led to each limit 429: the arrival times of the calls just before it, relative to it.
 
     Tells a client that over-granted (calls evenly spaced, too close) from
@@ -331,7 +331,8 @@ def throttle_context(calls: list[dict[str, Any]], provider: str, rate: float | N
             continue
         before = [f"{(tb - t) * 1000:+.1f}" for tb, _, _ in mine[max(0, i - 5):i]]
         after = [f"{(ta - t) * 1000:+.1f}" for ta, _, _ in mine[i + 1:i + 3]]
-        out.append(f"429 at t={t:.3f}s: calls at {' '.join(before)} | {' '.join(after)} ms")
+        when = f" ({t - t0:+.2f}s on the schedule's clock)" if t0 else ""
+        out.append(f"429 at t={t:.3f}s{when}: calls at {' '.join(before)} | {' '.join(after)} ms")
         if len(out) >= limit:
             break
     if not out:
@@ -346,7 +347,8 @@ def _rates(ev: Evidence, report: Report) -> None:
     for provider, n in sorted(throttled.items()):
         if n:
             report.add(4, f"the sandbox throttled {n} call(s) to {provider} (429 beyond the injected ones)"
-                          + throttle_context(ev.sandbox_calls, provider, rates.get(provider), ev.time_scale))
+                          + throttle_context(ev.sandbox_calls, provider, rates.get(provider), ev.time_scale,
+                                             t0=ev.t0))
     by_provider: dict[str, list[float]] = defaultdict(list)
     for call in ev.sandbox_calls:
         if int(call.get("status", 0)) != 429:

@@ -168,6 +168,10 @@ def run_and_check(schedule: Schedule, pg: PostgresServer, workdir: Path | None =
         note(f"replay: pytest tests/chaos --chaos-replay={replay}")
     if report.ok and not VERBOSE:
         shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        # The sandbox's call log, on the schedule's clock (seconds since the producer started), for a reader.
+        calls = [dict(c, at=round(float(c["t"]) - evidence.t0, 4)) for c in evidence.sandbox_calls]
+        (workdir / "sandbox_calls.json").write_text(json.dumps(calls))
     if not report.ok:
         raise report.exception_type(
             "\n".join(
@@ -178,7 +182,7 @@ def run_and_check(schedule: Schedule, pg: PostgresServer, workdir: Path | None =
                     timeline,
                     report.render(),
                     f"final quiet state: {state}",
-                    f"process logs: {workdir / 'logs'}",
+                    f"process logs: {workdir / 'logs'}; the sandbox's call log: {workdir / 'sandbox_calls.json'}",
                     tails,
                     f"replay: pytest tests/chaos --chaos-replay={replay}",
                 ]
