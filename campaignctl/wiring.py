@@ -23,7 +23,7 @@ from engine.ratelimit import RateLimiter
 from engine.registry import Registry
 from engine.retry import RetryPolicy
 from engine.task import Task
-from workflow.states import TASK_TYPES, expected_position, task_type_for
+from workflow.states import PIPELINE, TASK_TYPES, expected_position
 from workflow.models import utcnow
 from workflow.store import Expect
 
@@ -129,7 +129,7 @@ RunTask = tuple[str, int, int]
 
 
 #: The first stage of every run and the provider it calls (one call per campaign).
-FIRST_STAGE, FIRST_STAGE_API = "property_data", "zillow"
+FIRST_STAGE, FIRST_STAGE_API = PIPELINE[0].value, "zillow"
 
 
 def producer_backlog(ctx: AppContext) -> int:
@@ -156,12 +156,9 @@ def producer_source(ctx: AppContext, worker_id: str | None = None) -> Callable[[
     """Start due campaigns (set-based, in the database) and return their first tasks, with the run id."""
 
     def source(limit: int) -> list[RunTask]:
-        out = []
-        for snap in ctx.store.start_due(limit=limit, worker_id=worker_id):
-            task_type = task_type_for(snap.campaign_status, snap.processing_stage)
-            if task_type is not None:
-                out.append((task_type, snap.id, snap.run_id))
-        return out
+        # Every started campaign is at the first stage: no snapshots needed, only ids and runs.
+        return [(FIRST_STAGE, cid, run_id) for cid, run_id in ctx.store.start_due_runs(limit=limit,
+                                                                                       worker_id=worker_id)]
 
     return source
 

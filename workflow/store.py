@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import io
 import json
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -24,6 +25,9 @@ from workflow import machine
 from workflow.legacy import legacy_columns
 from workflow.models import Campaign, CampaignEvent, StageResult, utcnow
 from workflow.states import Stage, Status, task_type_for
+
+#: History batches at least this long are written with COPY on PostgreSQL.
+COPY_AT_LEAST = 50
 
 campaigns = Campaign.__table__
 events = CampaignEvent.__table__
@@ -325,63 +329,87 @@ class CampaignStore:
         return after
 
     def start_due(self, *, limit: int, worker_id: str | None = None, now: dt.datetime | None = None) -> list[Snapshot]:
-        """Move up to ``limit`` due campaigns to PROCESSING in one transaction of three statements.
+        """Move up to ``limit`` due campaigns to PROCESSING in one transaction; their snapshots (DORMANT ones, then
+        SENT ones due again; each oldest due first).
 
-        Set-based, so starting a campaign costs microseconds, not a round trip:
-        one SELECT picks the due rows (oldest due first; on PostgreSQL ``FOR
-        UPDATE SKIP LOCKED``, so several producers take disjoint batches
-        without waiting on each other; SQLite's BEGIN IMMEDIATE lets one writer
-        in at a time), one ``UPDATE … RETURNING`` starts them all (re-checking
-        status and due time), and one INSERT writes their history rows. A SENT
-        campaign whose next run is due is rearmed (SENT -> DORMANT) and started
-        in the same UPDATE, with both steps in the history.
+        Set-based, so starting a campaign costs microseconds, not a round trip
+        (``_start_batch``). A SENT campaign whose next run is due is rearmed
+        (SENT -> DORMANT) and started in the same UPDATE, with both steps in
+        the history. Several producers can run at once: on PostgreSQL the due
+        rows are picked ``FOR UPDATE SKIP LOCKED`` (disjoint batches, no
+        waiting), on SQLite BEGIN IMMEDIATE lets one writer in at a time.
+        """
+        return [row.snapshot for row in self._start_batch(limit, worker_id, now, snapshots=True)]
+
+    def start_due_runs(self, *, limit: int, worker_id: str | None = None,
+                       now: dt.datetime | None = None) -> list[tuple[int, int]]:
+        """``start_due`` for the producer: (campaign id, new run id) of each started campaign, no snapshots."""
+        return [(row.id, row.run_id) for row in self._start_batch(limit, worker_id, now, snapshots=False)]
+
+    def _start_batch(self, limit: int, worker_id: str | None, now: dt.datetime | None, *,
+                     snapshots: bool) -> list[_Started]:
+        """Start a batch: the UPDATE (and its pick), then ONE INSERT of every history row.
+
+        On PostgreSQL the pick and the start are one statement, ``WITH picked
+        AS (SELECT … FOR UPDATE SKIP LOCKED) UPDATE … FROM picked RETURNING``,
+        whose RETURNING also gives each row's status and version before the
+        update (needed for the history). SQLite cannot return another table's
+        columns from an UPDATE: there a SELECT picks, then the UPDATE starts.
         """
         now = now or utcnow()
+        c = campaigns.c
+        values = {
+            "campaign_status": Status.PROCESSING.value,
+            "processing_stage": Stage.PROPERTY_DATA.value,
+            "version": c.version + case((c.campaign_status == Status.SENT.value, 2), else_=1),
+            "run_id": c.run_id + 1,
+            "last_error": None,
+            "updated_at": now,
+            **legacy_columns(Status.PROCESSING, Stage.PROPERTY_DATA),
+        }
+        out: list[_Started] = []
         with self.engine.begin() as conn:
-            due = (
-                select(campaigns.c.id, campaigns.c.campaign_status, campaigns.c.processing_stage, campaigns.c.version)
-                .where(campaigns.c.campaign_status.in_([Status.DORMANT.value, Status.SENT.value]),
-                       campaigns.c.next_run_at <= now)
-                .order_by(campaigns.c.next_run_at, campaigns.c.id)
-                .limit(limit)
-            )
-            if conn.dialect.name == "postgresql":
-                due = due.with_for_update(skip_locked=True)
-            before = {row.id: row for row in conn.execute(due)}
-            if not before:
-                return []
-            rearmed = campaigns.c.campaign_status == Status.SENT.value
-            started = [Snapshot.from_row(r) for r in conn.execute(
-                update(campaigns)
-                .where(campaigns.c.id.in_(list(before)),
-                       campaigns.c.campaign_status.in_([Status.DORMANT.value, Status.SENT.value]),
-                       campaigns.c.next_run_at <= now)
-                .values(
-                    campaign_status=Status.PROCESSING.value,
-                    processing_stage=Stage.PROPERTY_DATA.value,
-                    version=campaigns.c.version + case((rearmed, 2), else_=1),
-                    run_id=campaigns.c.run_id + 1,
-                    last_error=None,
-                    updated_at=now,
-                    **legacy_columns(Status.PROCESSING, Stage.PROPERTY_DATA),
-                )
-                .returning(*_COLUMNS)
-            )]
-            event_rows = []
-            for after in started:
-                old = before[after.id]
-                version = old.version
-                if old.campaign_status == Status.SENT.value:
-                    event_rows.append(_start_event(after, "rearm", Status.SENT.value, Status.DORMANT.value, version + 1,
-                                                   worker_id, now))
-                    version += 1
-                event_rows.append(_start_event(after, "start", Status.DORMANT.value, Status.PROCESSING.value,
-                                               version + 1, worker_id, now))
-            if event_rows:
-                conn.execute(insert(events), event_rows)
+            # One status at a time: with one value the (status, next_run_at) index yields the oldest due rows
+            # in order and the LIMIT stops the scan; ``IN (DORMANT, SENT)`` made PostgreSQL sort every due row
+            # on every batch (per-campaign cost growing with the table).
+            for status in (Status.DORMANT.value, Status.SENT.value):
+                if len(out) >= limit:
+                    break
+                due = (select(c.id, c.campaign_status, c.version)
+                       .where(c.campaign_status == status, c.next_run_at <= now)
+                       .order_by(c.next_run_at, c.id)
+                       .limit(limit - len(out)))
+                out += self._start_picked(conn, due, values, now, snapshots)
+            if out:
+                _insert_events(conn, _start_events(out, worker_id, now))
+        return out
+
+    @staticmethod
+    def _start_picked(conn: Connection, due: Any, values: dict[str, Any], now: dt.datetime,
+                      snapshots: bool) -> list[_Started]:
+        """Start the rows ``due`` picks; each with its status and version before, oldest due first."""
+        c = campaigns.c
+        if conn.dialect.name == "postgresql":
+            picked = due.with_for_update(skip_locked=True).cte("picked")
+            returning = [c.id, c.run_id, c.next_run_at, picked.c.campaign_status.label("old_status"),
+                         picked.c.version.label("old_version")]
+            rows = conn.execute(update(campaigns).where(c.id == picked.c.id).values(**values)
+                                .returning(*returning, *(_COLUMNS if snapshots else ()))).all()
+            rows.sort(key=lambda r: (r.next_run_at, r.id))  # as picked
+            return [_Started(r.id, r.run_id, r.old_status, r.old_version, Snapshot.from_row(r) if snapshots else None)
+                    for r in rows]
+        before = {row.id: row for row in conn.execute(due)}
+        if not before:
+            return []
+        rows = conn.execute(update(campaigns)
+                            .where(c.id.in_(list(before)),
+                                   c.campaign_status.in_([Status.DORMANT.value, Status.SENT.value]),
+                                   c.next_run_at <= now)
+                            .values(**values).returning(*_COLUMNS)).all()
         order = {cid: i for i, cid in enumerate(before)}
-        started.sort(key=lambda snap: order[snap.id])  # oldest due first, as picked
-        return started
+        rows.sort(key=lambda r: order[r.id])
+        return [_Started(r.id, r.run_id, before[r.id].campaign_status, before[r.id].version,
+                         Snapshot.from_row(r) if snapshots else None) for r in rows]
 
     def save_stage_result(self, conn: Connection, campaign_id: int, run_id: int, stage: str, data: Any) -> None:
         """Upsert the result of (campaign, run, stage): a re-run overwrites, never adds a row."""
@@ -416,14 +444,68 @@ def upsert_stage_result(conn: Connection, campaign_id: int, run_id: int, stage: 
     conn.execute(stmt)
 
 
-def _start_event(after: Snapshot, trigger: str, from_status: str, to_status: str, version: int,
-                 worker_id: str | None, at: dt.datetime) -> dict[str, Any]:
-    """A history row of the producer's rearm (SENT -> DORMANT) or start (DORMANT -> PROCESSING:property_data)."""
+@attrs.frozen
+class _Started:
+    """One campaign a batch started: its new run, and its status and version before (for the history)."""
+
+    id: int
+    run_id: int
+    old_status: str
+    old_version: int
+    snapshot: Snapshot | None
+
+
+def _start_events(started: Sequence[_Started], worker_id: str | None, at: dt.datetime) -> list[dict[str, Any]]:
+    """The history rows of a batch: a rearm (SENT -> DORMANT) where there was one, then the start."""
+    rows = []
+    for s in started:
+        version = s.old_version
+        if s.old_status == Status.SENT.value:
+            version += 1
+            rows.append(_start_event(s.id, s.run_id - 1, "rearm", Status.SENT.value, Status.DORMANT.value,
+                                     Stage.IDLE.value, version, worker_id, at))
+        rows.append(_start_event(s.id, s.run_id, "start", Status.DORMANT.value, Status.PROCESSING.value,
+                                 Stage.PROPERTY_DATA.value, version + 1, worker_id, at))
+    return rows
+
+
+#: The history columns, in the order ``_insert_events`` copies them.
+_EVENT_COLUMNS = ("campaign_id", "run_id", "version", "trigger", "from_status", "to_status", "from_stage", "to_stage",
+                  "task_id", "worker_id", "at", "detail")
+
+
+def _insert_events(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Append history rows: PostgreSQL's COPY (several times cheaper per row than INSERT … VALUES), else INSERT."""
+    if conn.dialect.name != "postgresql" or len(rows) < COPY_AT_LEAST:
+        conn.execute(insert(events), rows)
+        return
+    memo: dict[Any, str] = {}  # a batch repeats most values (statuses, stages, the worker, the time)
+
+    def field(value: Any) -> str:
+        text = memo.get(value)
+        if text is None:
+            text = memo[value] = _copy_field(value)
+        return text
+
+    buf = io.StringIO("".join("\t".join([field(row[name]) for name in _EVENT_COLUMNS]) + "\n" for row in rows))
+    with conn.connection.dbapi_connection.cursor() as cur:  # type: ignore[union-attr]
+        cur.copy_expert(f"COPY {events.name} ({', '.join(_EVENT_COLUMNS)}) FROM STDIN", buf)
+
+
+def _copy_field(value: Any) -> str:
+    """One field of COPY's text format: NULL as \\N, tabs, newlines and backslashes escaped."""
+    if value is None:
+        return "\\N"
+    text = value.isoformat(sep=" ") if isinstance(value, dt.datetime) else str(value)
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def _start_event(cid: int, run_id: int, trigger: str, from_status: str, to_status: str, to_stage: str,
+                 version: int, worker_id: str | None, at: dt.datetime) -> dict[str, Any]:
     return {
-        "campaign_id": after.id, "run_id": after.run_id if trigger == "start" else after.run_id - 1,
-        "version": version, "trigger": trigger, "from_status": from_status, "to_status": to_status,
-        "from_stage": Stage.IDLE.value, "to_stage": Stage.PROPERTY_DATA.value if trigger == "start" else Stage.IDLE.value,
-        "task_id": None, "worker_id": worker_id, "at": at, "detail": "due",
+        "campaign_id": cid, "run_id": run_id, "version": version, "trigger": trigger, "from_status": from_status,
+        "to_status": to_status, "from_stage": Stage.IDLE.value, "to_stage": to_stage, "task_id": None,
+        "worker_id": worker_id, "at": at, "detail": "due",
     }
 
 

@@ -99,7 +99,8 @@ def overview(snapshot: Mapping[str, Any], dead_letters: Sequence[Mapping[str, An
         "heartbeat": when_text(w.get("heartbeat")),
     } for w in snapshot["workers"]["list"]]
     limits = [{
-        "api": api, "rate": s["rate"], "plan": s.get("plan", "-"), "burst": s["burst"], "tokens": f"{s['tokens']:.2f}",
+        "api": api, "rate": s.get("granted") or f"{s['rate']:.4g}/s", "plan": s.get("plan", "-"),
+        "burst": s["burst"], "tokens": f"{s['tokens']:.2f}",
         "paused": f"paused {s['paused_for']:.1f} s" if s["paused_until"] else "open",
         "paused_class": "bad" if s["paused_until"] else "", "throttled": s.get("throttled", 0), "calls": s.get("calls", 0),
     } for api, s in snapshot["limits"].items()]

@@ -35,8 +35,8 @@ def test_recovery_counts_leases_by_cause(queue: TaskQueue, redis_client: redis.R
     assert lapsing is not None
     queue.claim("slow-worker", TYPES, 1)
     _expire_lease(redis_client, queue, lapsing)
-    # When recovery passes
-    Recovery(redis_client, settings, queue).run_once()
+    # When recovery passes (it has watched for a TTL already: no quiet start)
+    Recovery(redis_client, settings, queue, quiet=0).run_once()
     # Then each is counted under its cause
     assert value("campaign_engine_leases_recovered_total", cause="dead_worker", result="requeued") == dead_before + 1
     assert value("campaign_engine_leases_recovered_total", cause="lease_expired",

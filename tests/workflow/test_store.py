@@ -85,6 +85,27 @@ def test_a_sent_campaign_is_rearmed_and_started_when_due_again(store: CampaignSt
     assert legacy_of(store, cid) == legacy_columns(Status.PROCESSING, Stage.PROPERTY_DATA)
 
 
+def test_a_large_batch_writes_the_same_history_as_a_small_one(store: CampaignStore) -> None:
+    # Given 60 due campaigns (a batch that PostgreSQL's history COPY takes), 2 of them SENT and due again
+    ids = new_campaigns(store.engine, 60)
+    for cid in ids[:2]:
+        drive(store, cid, TO_REVIEW + ("approve", "mark_sent"))
+    later = utcnow() + store.cycle + dt.timedelta(minutes=1)
+    # When the producer's path starts them in one batch
+    runs = dict(store.start_due_runs(limit=100, now=later))
+    # Then every one is PROCESSING at its new run, with gapless history rows (rearm + start for the SENT ones)
+    assert set(runs) == set(ids)
+    for cid in ids:
+        snap = store.get(cid)
+        assert snap is not None and snap.campaign_status is Status.PROCESSING and snap.run_id == runs[cid]
+        history = store.history(cid)
+        assert [h["version"] for h in history] == list(range(1, snap.version + 1))
+        expected = ["rearm", "start"] if cid in ids[:2] else ["start"]
+        assert [h["trigger"] for h in history[-len(expected):]] == expected
+        assert history[-1]["run_id"] == runs[cid] and history[-1]["at"] == later
+    assert [h["run_id"] for h in store.history(ids[0])[-2:]] == [1, 2]
+
+
 def test_start_due_respects_due_time_and_limit(store: CampaignStore) -> None:
     due = new_campaigns(store.engine, 3)
     later = new_campaigns(store.engine, 2, due_in=3600)
