@@ -375,9 +375,11 @@ class CampaignStore:
             for status in (Status.DORMANT.value, Status.SENT.value):
                 if len(out) >= limit:
                     break
+                # Ordered by due time alone, the (status, next_run_at) index's own order: a tie-break on id
+                # made the database sort every campaign due at the same moment (a seeded million) per batch.
                 due = (select(c.id, c.campaign_status, c.version)
                        .where(c.campaign_status == status, c.next_run_at <= now)
-                       .order_by(c.next_run_at, c.id)
+                       .order_by(c.next_run_at)
                        .limit(limit - len(out)))
                 out += self._start_picked(conn, due, values, now, snapshots)
             if out:
