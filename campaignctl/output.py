@@ -44,7 +44,10 @@ def when(value: float | dt.datetime | str | None) -> str:
     if value in (None, "", 0):
         return "-"
     if isinstance(value, str):
-        value = dt.datetime.fromisoformat(value)
+        try:
+            value = dt.datetime.fromisoformat(value)
+        except ValueError:
+            return value  # not a time: shown as it is
     if isinstance(value, (int, float)):
         value = dt.datetime.fromtimestamp(value, dt.timezone.utc)
     if value.tzinfo is None:

@@ -78,7 +78,10 @@ class TaskContext:
         started = time.monotonic()
         self._wait = (self._wait[0], started)
         try:
-            wait_for_token(self._limiter, api, self._max_sleep, self.lease_lost)
+            # Calls per provider (for `campaignctl limits`) are counted before the sleep: a Redis round trip
+            # between the slot and the call would bunch calls up whenever Redis is slow to answer.
+            wait_for_token(self._limiter, api, self._max_sleep, self.lease_lost,
+                           on_reserved=lambda: self._limiter.controls.controls.count_call(api))
         except RateLimited as exc:
             metrics.token_wait(api, exc.retry_after, slept=False)  # deferred (or cancelled), not slept
             raise
@@ -88,7 +91,6 @@ class TaskContext:
         if slept > SLEPT_AT_LEAST:
             metrics.token_wait(api, slept, slept=True)
         metrics.token_granted(api)
-        self._limiter.controls.controls.count_call(api)  # calls per provider, for `campaignctl limits`
 
     @property
     def waited(self) -> float:

@@ -20,7 +20,8 @@ from __future__ import annotations
 import math
 import secrets
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import attrs
@@ -69,6 +70,10 @@ class Grant(NamedTuple):
 
 class UnknownAPI(KeyError):
     """No limit is configured for this API name."""
+
+
+#: A caller that comes to its reserved slot later than this gives the slot up (its task is deferred), in s.
+LATE_SLOT = 0.1
 
 
 @attrs.frozen
@@ -208,7 +213,8 @@ def slot_wait(tokens: float, last: int, now: int, rate: float) -> int:
     return max(0, last - now) + math.ceil(max(0.0, 1.0 - tokens) / rate * US)
 
 
-def wait_for_token(limiter: RateLimiter, api: str, max_sleep: float, cancel: threading.Event) -> None:
+def wait_for_token(limiter: RateLimiter, api: str, max_sleep: float, cancel: threading.Event,
+                   on_reserved: Callable[[], object] | None = None) -> None:
     """Reserve ``api``'s next token and sleep once, until it is ours: the one way a task waits for a token.
 
     A slot more than ``max_sleep`` seconds away reserves nothing and raises
@@ -219,11 +225,25 @@ def wait_for_token(limiter: RateLimiter, api: str, max_sleep: float, cancel: thr
     slots promised to others, and returning it would let the next caller take
     a slot beside the last one promised — two tokens in one interval, an
     over-grant. One token wasted on a rare event is the cheaper side.
+
+    Nothing may stand between the slot and the provider call: ``on_reserved``
+    (bookkeeping that talks to Redis) runs before the sleep, never after it.
+    And a caller that comes to its slot more than LATE_SLOT late (frozen by
+    SIGSTOP, a GC pause, a Redis stall in ``on_reserved``) gives it up too
+    (RateLimited, retry_after 0: deferred): its slot is gone, and calling now
+    would land beside the slots promised to the callers after it.
     """
     if cancel.is_set():
         raise RateLimited(f"{api}: not waiting for a token, the task is cancelled", retry_after=0.0, api=None)
     grant = limiter.reserve(api, max_sleep)
+    due = time.monotonic() + grant.wait
     if not grant.granted:
         raise RateLimited(f"{api}: next token in {grant.wait:.3f}s", retry_after=grant.wait, api=None)
-    if grant.wait > 0 and cancel.wait(grant.wait):
+    if on_reserved is not None:
+        on_reserved()
+    remaining = due - time.monotonic()
+    if remaining > 0 and cancel.wait(remaining):
         raise RateLimited(f"{api}: the wait for a token was cancelled", retry_after=0.0, api=None)
+    late = time.monotonic() - due
+    if late > LATE_SLOT:
+        raise RateLimited(f"{api}: came to its token {late:.3f}s late; giving the slot up", retry_after=0.0, api=None)

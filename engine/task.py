@@ -6,7 +6,6 @@ import json
 import time
 import secrets
 from collections.abc import Collection
-from typing import Any
 
 import attrs
 from json.encoder import encode_basestring_ascii as _json_str

@@ -11,14 +11,13 @@ passed through engine.redact first.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
 
-from campaignctl import operations
+from campaignctl import operations, output
 from campaignctl.context import AppContext
 from engine.redact import redact
 from workflow.states import Status
@@ -61,33 +60,9 @@ def campaign_actions(campaign_id: int, status: str, version: int | None, can_wri
     return actions
 
 
-def age_text(seconds: float | None) -> str:
-    """12 s, 4 min, 3.5 h, 2.0 d; "-" for none."""
-    if seconds is None:
-        return "-"
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} d"
-
-
-def when_text(value: str | float | dt.datetime | None) -> str:
-    """An ISO string, an epoch or a datetime as ``YYYY-MM-DD HH:MM:SS UTC``."""
-    if value in (None, ""):
-        return "-"
-    if isinstance(value, (int, float)):
-        value = dt.datetime.fromtimestamp(value, dt.timezone.utc)
-    elif isinstance(value, str):
-        try:
-            value = dt.datetime.fromisoformat(value)
-        except ValueError:
-            return value
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.timezone.utc)
-    return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+#: Times and ages as the CLI prints them (one formatter for both).
+age_text = output.duration
+when_text = output.when
 
 
 def overview(snapshot: Mapping[str, Any], dead_letters: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import redis
 from engine.context import TaskContext
 from engine.errors import RateLimited
 from engine.queue import TaskQueue
-from engine.ratelimit import Grant, Limit, RateLimiter
+from engine.ratelimit import wait_for_token, Grant, Limit, RateLimiter
 from engine.registry import Registry
 from engine.retry import RetryPolicy
 from engine.settings import EngineSettings
@@ -285,3 +285,15 @@ def test_four_processes_never_exceed_the_bucket_and_a_pause_stops_them_all(
     assert promised <= 4
     # ... and the pause really was in the middle of the hammering
     assert len([t for t in times if t < paused_from]) >= RATE and [t for t in times if t >= reopen]
+
+
+def test_a_caller_that_comes_late_to_its_slot_gives_it_up(redis_client: redis.Redis, settings: EngineSettings) -> None:
+    # Given a bucket of 2/s whose token the first caller took, so the second is told a slot 0.5 s away
+    limiter = RateLimiter(redis_client, settings, {"api": Limit(rate=2.0 / settings.rate_scale, burst=1)})
+    wait_for_token(limiter, "api", 5.0, threading.Event())
+    # When the second caller's bookkeeping before the sleep is stuck past its slot (Redis slow to answer)
+    with pytest.raises(RateLimited) as late:
+        wait_for_token(limiter, "api", 5.0, threading.Event(), on_reserved=lambda: time.sleep(0.8))
+    # Then it gives the slot up instead of calling the provider beside the next caller's slot, and its task
+    # is deferred (retry_after 0), not retried
+    assert late.value.retry_after == 0.0 and "late" in str(late.value)
