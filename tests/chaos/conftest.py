@@ -1,7 +1,8 @@
 """Chaos-suite options and the suite's own PostgreSQL server.
 
 ``--chaos-replay=<string>`` (or CHAOS_REPLAY) runs exactly one schedule: the
-string a failing run printed, or the schedule as JSON. CHAOS_EXAMPLES raises
+string a failing run printed, the schedule as JSON, or the name of a fixed
+schedule of test_chaos.py (EVERYTHING, ZOMBIES, BLIPS, ROLLOUT). CHAOS_EXAMPLES raises
 the number of generated schedules (CI keeps the default small), CHAOS_SEED
 fixes hypothesis' seed, CHAOS_TIME_SCALE sets the providers' time scale.
 
@@ -18,6 +19,9 @@ import pytest
 
 from tests.chaos.schedule import Schedule
 from tests.servers import PostgresServer, serve_or_fail
+
+#: Fixed schedules of test_chaos.py that --chaos-replay accepts by name.
+FIXED_SCHEDULES = ("EVERYTHING", "ZOMBIES", "BLIPS", "ROLLOUT")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -45,7 +49,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture
 def chaos_replay(request: pytest.FixtureRequest) -> Schedule | None:
-    raw = request.config.getoption("--chaos-replay", default="")
+    raw = request.config.getoption("--chaos-replay", default="").strip()
+    if raw in FIXED_SCHEDULES:
+        from tests.chaos import test_chaos
+
+        return getattr(test_chaos, raw)
     return Schedule.from_replay(raw) if raw else None
 
 

@@ -1,9 +1,12 @@
 """A small supervisor that runs the whole system as separate OS processes and breaks it on schedule.
 
-One ``Cluster`` owns, for one chaos example: a fresh redis-server (AOF on), a
-fresh database on the suite's PostgreSQL server, the sandbox, a producer,
-several workers and recovery, each started through the real ``campaignctl``
-command with the same environment an operator would give it. A supervisor
+One ``Cluster`` owns, for one chaos example: a fresh redis-server (AOF on)
+behind a TCP proxy that plays its endpoint (tests/chaos/proxy.py; a replica
+too when the schedule fails Redis over), a fresh database on the suite's
+PostgreSQL server, the sandbox, a producer, one or two recovery processes,
+several queue workers and optionally a polling worker, each started through
+the real ``campaignctl`` command with the same environment an operator would
+give it. A supervisor
 thread restarts any of those that exits (after a short back-off, as systemd
 or Kubernetes would), so a SIGKILL is followed by a new process with a new
 worker id, never by a resurrected one.
@@ -12,7 +15,9 @@ Faults are applied by ``run_schedule`` at their time; afterwards everything
 is put back (stopped workers continued, provider faults cleared, servers up)
 and ``wait_for_rest`` waits until the database and Redis are quiet. Nothing
 here decides whether the run was correct: ``collect`` gathers the evidence and
-``invariants.check`` judges it.
+``invariants.check`` judges it. A sampler thread reads every task payload in
+Redis a few times a second during the run, so the evidence includes the
+highest retry_count each task ever carried, not only what is left at rest.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -29,14 +35,18 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import attrs
 import redis
 from sqlalchemy import Engine, insert, select, text
 
+from engine.keys import Keys
+from tests.chaos.proxy import RedisProxy
 from tests.chaos.schedule import PROVIDERS, Fault, Schedule
 from tests.servers import PostgresServer, RedisServer, free_port
 from workflow.db import make_engine
@@ -57,6 +67,14 @@ REST_STABLE_S = 1.5
 STOP_GRACE_S = 10.0
 #: Key prefix of every Redis key the cluster's processes create.
 KEY_PREFIX = "chaos"
+#: How often the sampler reads every task payload in Redis (ready, in flight, delayed), in s.
+SAMPLE_INTERVAL_S = 0.2
+#: How long a duplicate_send fault waits for an email_sending task in flight before it gives up, in s.
+DUPLICATE_WAIT_S = 10.0
+#: How long a failover waits for the replica to catch up with the paused primary, in s.
+FAILOVER_SYNC_S = 5.0
+#: A "lease lost" this soon after Redis lost data (flush, wipe, crash) is that loss, not recovery, in s.
+LOSS_EXCUSE_S = 5.0
 
 #: Engine timers for chaos runs: short, so recovery happens within an example (seconds, as strings for env).
 CHAOS_TIMERS: dict[str, str] = {
@@ -71,6 +89,14 @@ CHAOS_TIMERS: dict[str, str] = {
     "VISIBILITY_TIMEOUT": "30",
     "MAX_TOKEN_SLEEP": "2",
     "SHUTDOWN_GRACE": "5",
+    # Polling workers (schedules with polling_workers): poll often, so they compete with the queue workers;
+    # a killed poller's claims lapse within an example.
+    "POLL_INTERVAL": "0.2",
+    "POLL_LEASE": "10",
+    # A second sender defers until the first sender's intent lease ends (or the first records its outcome):
+    # longer than the SES timeout (2 s) plus an injected latency (1 s) and the record, short enough that a
+    # deferred duplicate does not hold an example for a minute.
+    "SEND_INTENT_LEASE": "6",
     # Every provider at 10/min, so 10/s at the suite's time scale: 100 ms between grants. At the plan
     # rates SES would run at 600/s, where 1.7 ms of scheduling jitter between the engine's grant and the
     # sandbox's clock already trips the sandbox's bucket (docs/reliability.md, findings).
@@ -119,13 +145,16 @@ class ProcRecord:
     #: Why it ended when we ended it ("SIGKILL by schedule", "stopped at shutdown"); None = on its own.
     ended_by: str | None = None
     log: str = ""
+    #: What it is: producer, recovery, worker (queue dispatch), poller (DISPATCH_MODE=polling), sescrash, sandbox.
+    role: str = ""
 
 
 class Managed:
     """A named, supervised process: restarted after it exits while ``wanted``."""
 
-    def __init__(self, name: str, argv: list[str], env: Mapping[str, str], logdir: Path) -> None:
+    def __init__(self, name: str, argv: list[str], env: Mapping[str, str], logdir: Path, role: str = "") -> None:
         self.name = name
+        self.role = role or name
         self.argv = argv
         self.env = dict(env)
         self.logdir = logdir
@@ -143,7 +172,7 @@ class Managed:
             self.argv, env=self.env, cwd=str(ROOT), stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
         )
         fh.close()
-        self.record = ProcRecord(self.name, self.popen.pid, time.monotonic(), log=str(log))
+        self.record = ProcRecord(self.name, self.popen.pid, time.monotonic(), log=str(log), role=self.role)
         self.died_at = None
 
     @property
@@ -181,7 +210,13 @@ class Cluster:
         self.time_scale = time_scale
         self.extra_env = dict(extra_env or {})
         self.say = say
+        #: The current Redis primary (a failover replaces it), its replica (schedules with a failover),
+        #: primaries killed by a failover, and the endpoint every process connects to.
         self.redis_server: RedisServer | None = None
+        self.replica: RedisServer | None = None
+        self.old_redis: list[RedisServer] = []
+        self.proxy: RedisProxy | None = None
+        self.keys = Keys(KEY_PREFIX)
         self.db_url = ""
         self.db: Engine | None = None
         self.sandbox: Managed | None = None
@@ -202,8 +237,19 @@ class Cluster:
         self.active_specs: list[str] = []
         self.servers_restarted: set[str] = set()
         self.t0 = 0.0
+        #: time.time() - time.monotonic(): process records are monotonic, the processes' logs wall-clock.
+        self.wall_offset = time.time() - time.monotonic()
         self.campaign_ids: list[int] = []
         self.kinds: dict[int, str] = {}
+        #: Wall-clock (start, end, kind) of every fault that made Redis lose data.
+        self.redis_losses: list[tuple[float, float, str]] = []
+        #: task_id -> the highest counters any sample saw for it (see _sample).
+        self.task_samples: dict[str, dict[str, Any]] = {}
+        self.samples_taken = 0
+        self._sampler: threading.Thread | None = None
+        #: Duplicate email_sending tasks injected: {campaign_id, task_id, original, at}.
+        self.duplicates: list[dict[str, Any]] = []
+        self.failovers = 0
 
     # -- life cycle --------------------------------------------------------------
 
@@ -218,7 +264,7 @@ class Cluster:
         env.update(
             {
                 "DATABASE_URL": self.db_url,
-                "REDIS_URL": self.redis_server.url if self.redis_server else "",
+                "REDIS_URL": self.proxy.url if self.proxy else "",
                 "KEY_PREFIX": KEY_PREFIX,
                 "SANDBOX_URL": self.sandbox_url,
                 "RATE_SCALE": str(self.time_scale),
@@ -234,6 +280,9 @@ class Cluster:
 
     def start(self) -> None:
         self.redis_server = RedisServer(appendonly=True).start()
+        self.proxy = RedisProxy(("127.0.0.1", self.redis_server.port)).start()
+        if any(f.kind == "redis_failover" for f in self.schedule.faults):
+            self.replica = self._start_replica(self.redis_server)
         name = f"chaos_{os.getpid()}_{int(time.time() * 1000) % 10_000_000}"
         self.db_url = self.pg.create_database(name)
         self.db = make_engine(self.db_url, pool_size=2)
@@ -254,6 +303,8 @@ class Cluster:
         self.t0 = time.monotonic()
         self._supervisor = threading.Thread(target=self._supervise, name="chaos-supervisor", daemon=True)
         self._supervisor.start()
+        self._sampler = threading.Thread(target=self._sample_loop, name="chaos-sampler", daemon=True)
+        self._sampler.start()
 
     def _wait_for_first_start(self, timeout: float = 60.0) -> None:
         """Fault times count from the producer's first start, not from the processes' imports."""
@@ -286,22 +337,25 @@ class Cluster:
     def _start_processes(self) -> None:
         env = self.base_env()
         s = self.schedule
-        specs: list[tuple[str, list[str], dict[str, str]]] = [
-            ("producer", campaignctl_argv("producer"), env),
-            ("recovery", campaignctl_argv("recovery"), env),
-        ]
+        specs: list[tuple[str, str, list[str], dict[str, str]]] = [("producer", "producer", campaignctl_argv("producer"), env)]
+        for i in range(max(1, s.recoveries)):
+            specs.append((recovery_name(i), "recovery", campaignctl_argv("recovery"), env))
         for i in range(s.workers):
             wenv = dict(env)
             if i == 0 and s.clock_skew:
                 wenv.update(skewed_clock_env(s.clock_skew))
-            specs.append((f"worker{i}", campaignctl_argv("worker", "--concurrency", str(s.concurrency)), wenv))
+            specs.append((f"worker{i}", "worker", campaignctl_argv("worker", "--concurrency", str(s.concurrency)), wenv))
+        for i in range(s.polling_workers):
+            penv = dict(env, DISPATCH_MODE="polling")
+            specs.append((f"poller{i}", "poller", campaignctl_argv("worker", "--concurrency", str(s.concurrency)), penv))
         if s.ses_crash_worker:
             cenv = dict(env)
             cenv["CE_TEST_CRASH_AFTER_SES_CALL"] = "1"
-            specs.append(("sescrash", campaignctl_argv("worker", "--queues", "email_sending", "--concurrency", "1"), cenv))
+            specs.append(("sescrash", "sescrash",
+                          campaignctl_argv("worker", "--queues", "email_sending", "--concurrency", "1"), cenv))
         with self._lock:
-            for name, argv, penv in specs:
-                proc = Managed(name, argv, penv, self.logdir)
+            for name, role, argv, penv in specs:
+                proc = Managed(name, argv, penv, self.logdir, role=role)
                 proc.start()
                 self.procs[name] = proc
                 self.records.append(proc.record)  # type: ignore[arg-type]
@@ -353,10 +407,15 @@ class Cluster:
                     proc.popen.wait()
                 if proc.record and proc.record.ended is None:
                     proc.record.ended, proc.record.returncode = time.monotonic(), proc.popen.returncode
+        if self._sampler:
+            self._sampler.join(5)
         if self.db is not None:
             self.db.dispose()
-        if self.redis_server:
-            self.redis_server.cleanup()
+        if self.proxy:
+            self.proxy.stop()
+        for server in [self.redis_server, self.replica, *self.old_redis]:
+            if server:
+                server.cleanup()
 
     # -- helpers ---------------------------------------------------------------
 
@@ -449,17 +508,17 @@ class Cluster:
     def apply(self, fault: Fault) -> None:
         k = fault.kind
         if k == "kill_worker":
-            self.kill(f"worker{fault.target % max(1, self.schedule.workers)}")
+            self.kill(self.worker_name(fault.target))
         elif k == "kill_producer":
             self.kill("producer")
         elif k == "kill_recovery":
-            self.kill("recovery")
+            self.kill(recovery_name(fault.target % max(1, self.schedule.recoveries)))
         elif k == "stop_worker":
-            self.stop_process(f"worker{fault.target % max(1, self.schedule.workers)}", fault.duration)
+            self.stop_process(self.worker_name(fault.target), fault.duration)
         elif k == "stop_producer":
             self.stop_process("producer", fault.duration)
         elif k == "stop_recovery":
-            self.stop_process("recovery", fault.duration)
+            self.stop_process(recovery_name(fault.target % max(1, self.schedule.recoveries)), fault.duration)
         elif k == "unsubscribe":
             cid = self.campaign_ids[fault.target % len(self.campaign_ids)]
             t = threading.Thread(target=self.unsubscribe, args=(cid,), daemon=True)
@@ -477,17 +536,22 @@ class Cluster:
         elif k == "redis_crash":
             self.note(f"redis: SIGKILL, down {fault.duration:.1f}s, start from the AOF")
             assert self.redis_server
+            lost_at = time.time()
             self.redis_server.kill()
             time.sleep(fault.duration)
             self.redis_server.start()
+            self.redis_losses.append((lost_at, time.time(), k))
             self.servers_restarted.add("redis")
         elif k == "redis_flushall":
             self.note("redis: FLUSHALL")
+            lost_at = time.time()
             self.redis_client().flushall()
+            self.redis_losses.append((lost_at, time.time(), k))
             self.servers_restarted.add("redis")
         elif k == "redis_wipe":
             self.note(f"redis: SIGKILL, down {fault.duration:.1f}s, start empty")
             assert self.redis_server
+            lost_at = time.time()
             self.redis_server.kill()
             time.sleep(fault.duration)
             for f in self.redis_server.dir.iterdir():
@@ -496,7 +560,18 @@ class Cluster:
                 elif f.name != "redis.log":
                     f.unlink()
             self.redis_server.start()
+            self.redis_losses.append((lost_at, time.time(), k))
             self.servers_restarted.add("redis")
+        elif k == "redis_stop":
+            self.stop_redis(fault.duration)
+            self.servers_restarted.add("redis")
+        elif k == "redis_failover":
+            self.failover(fault.duration)
+            self.servers_restarted.add("redis")
+        elif k == "duplicate_send":
+            t = threading.Thread(target=self.inject_duplicate_send, daemon=True)
+            t.start()
+            self._timers.append(t)
         elif k == "pg_restart":
             self.note(f"postgres: fast shutdown, down {fault.duration:.1f}s, start")
             self.pg.stop()
@@ -505,6 +580,188 @@ class Cluster:
             self.servers_restarted.add("postgres")
         else:
             raise ValueError(f"unknown fault kind {k!r}")
+
+    def worker_name(self, target: int) -> str:
+        """Queue workers first, then polling workers (a target past both wraps around)."""
+        s = self.schedule
+        i = target % max(1, s.workers + s.polling_workers)
+        return f"worker{i}" if i < s.workers else f"poller{i - s.workers}"
+
+    # -- Redis faults beyond restarts ------------------------------------------------------
+
+    def stop_redis(self, duration: float) -> None:
+        """SIGSTOP the primary for ``duration`` s: clients hang, every key's TTL runs on (Redis expires by wall clock)."""
+        assert self.redis_server and self.redis_server.proc
+        proc = self.redis_server.proc
+        proc.send_signal(signal.SIGSTOP)
+        self.note(f"redis: SIGSTOP (pid {proc.pid}) for {duration:.1f}s")
+
+        def resume() -> None:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
+                self.note(f"redis: SIGCONT (pid {proc.pid})")
+
+        self._later(duration, resume)
+
+    def _start_replica(self, primary: RedisServer) -> RedisServer:
+        replica = RedisServer(appendonly=True).start()
+        # The primary's full sync waits 5 s by default for more replicas to join (repl-diskless-sync-delay).
+        redis.Redis(port=primary.port, socket_timeout=5).config_set("repl-diskless-sync-delay", 0)
+        r = redis.Redis(port=replica.port, decode_responses=True, socket_timeout=5)
+        r.replicaof("127.0.0.1", primary.port)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if r.info("replication").get("master_link_status") == "up":
+                return replica
+            time.sleep(0.05)
+        raise RuntimeError(f"replica on {replica.port} did not sync with {primary.port}")
+
+    def failover(self, cutoff: float) -> None:
+        """Promote the replica, kill the old primary, move the endpoint (the proxy) to the new one.
+
+        Like a managed failover: writes on the old primary are paused
+        (``CLIENT PAUSE WRITE``), the replica catches up with its offset, is
+        promoted with ``REPLICAOF NO ONE``, the old primary is SIGKILLed and
+        every client connection is cut. For ``cutoff`` s the endpoint leads
+        nowhere (DNS still moving); then new connections reach the new
+        primary. Acknowledged writes are not lost; a reply in flight when the
+        connection is cut is, so clients retry commands that already ran
+        (the replay case of SPEC §4a). A new replica is started for the next failover.
+        """
+        assert self.redis_server and self.proxy
+        old, new = self.redis_server, self.replica
+        if new is None:
+            self.note("redis failover: no replica (the schedule had none at start); skipped")
+            return
+        lossless = True
+        try:
+            r_old = redis.Redis(port=old.port, decode_responses=True, socket_timeout=2)
+            r_new = redis.Redis(port=new.port, decode_responses=True, socket_timeout=2)
+            r_old.execute_command("CLIENT", "PAUSE", str(int((FAILOVER_SYNC_S + 2) * 1000)), "WRITE")
+            want = int(r_old.info("replication")["master_repl_offset"])
+            deadline = time.monotonic() + FAILOVER_SYNC_S
+            while int(r_new.info("replication").get("slave_repl_offset", -1)) < want:
+                if time.monotonic() > deadline:
+                    lossless = False
+                    break
+                time.sleep(0.01)
+        except redis.RedisError as exc:
+            self.note(f"redis failover: could not pause/sync the old primary ({exc!r}); promoting anyway")
+            lossless = False
+        lost_at = time.time()
+        redis.Redis(port=new.port, socket_timeout=5).replicaof("NO", "ONE")
+        cut = self.proxy.switch(None)
+        old.kill()
+        self.old_redis.append(old)
+        self.redis_server, self.replica = new, None
+        self.note(f"redis failover: replica {new.port} promoted, old primary {old.port} killed, {cut} connection(s) "
+                  f"cut, endpoint down {cutoff:.1f}s" + ("" if lossless else " (replica had not caught up: writes lost)"))
+        if not lossless:
+            self.redis_losses.append((lost_at, time.time() + cutoff, "redis_failover"))
+        time.sleep(cutoff)
+        self.proxy.switch(("127.0.0.1", new.port))
+        self.note(f"redis failover: endpoint -> {new.port}")
+        self.failovers += 1
+        if self.failovers < sum(1 for f in self.schedule.faults if f.kind == "redis_failover"):
+            self.replica = self._start_replica(new)
+
+    def inject_duplicate_send(self) -> None:
+        """LPUSH a second, valid email_sending task for a campaign whose send is in flight (or READY_TO_SEND).
+
+        A duplicate delivery SPEC §4 allows (at least once): the payload is
+        fresh (new task id, retry_count 0, the campaign's run id), so nothing
+        but the send intent stands between it and a second email.
+        """
+        assert self.db is not None
+        deadline = time.monotonic() + DUPLICATE_WAIT_S
+        while time.monotonic() < deadline:
+            target = None
+            seen = {d["campaign_id"] for d in self.duplicates}  # one duplicate per campaign
+            r = self.redis_client()
+            try:
+                for raw in r.hvals(self.keys.inflight("email_sending")):
+                    data = json.loads(raw)
+                    if data.get("campaign_id") not in seen:
+                        target = (data["campaign_id"], data.get("run_id"), f"in flight as task {data.get('task_id')}")
+                        break
+                if target is None:
+                    with self.db.connect() as conn:
+                        row = conn.execute(
+                            select(Campaign.__table__.c.id, Campaign.__table__.c.run_id)
+                            .where(Campaign.__table__.c.campaign_status == "READY_TO_SEND")
+                            .order_by(Campaign.__table__.c.id)
+                        ).first()
+                    if row is not None and row.id not in seen:
+                        target = (row.id, row.run_id, "READY_TO_SEND in the database")
+                if target is not None and self._push_duplicate(r, *target):
+                    return
+            except (redis.RedisError, OSError, ValueError, KeyError):
+                pass
+            finally:
+                r.close()
+            time.sleep(0.02)
+        self.note(f"duplicate_send: no email_sending task in flight within {DUPLICATE_WAIT_S:.0f}s; nothing injected")
+
+    def _push_duplicate(self, r: redis.Redis, cid: int, run_id: int | None, why: str) -> bool:
+        """Push a fresh email_sending payload for ``cid`` unless another fault already duplicated it."""
+        payload: dict[str, Any] = {"task_id": uuid.uuid4().hex, "campaign_id": cid, "task_type": "email_sending",
+                                   "retry_count": 0, "enqueued_at": time.time()}
+        if run_id is not None:
+            payload["run_id"] = run_id
+        with self._lock:
+            if cid in {d["campaign_id"] for d in self.duplicates}:
+                return False
+            r.lpush(self.keys.queue("email_sending"), json.dumps(payload))
+            self.duplicates.append({"campaign_id": cid, "task_id": payload["task_id"], "original": why,
+                                    "at": time.time()})
+        self.note(f"duplicate email_sending task {payload['task_id'][:8]} for campaign {cid} ({why})")
+        return True
+
+    # -- sampling the task counters ------------------------------------------------------------
+
+    def _sample_loop(self) -> None:
+        while not self._stop_supervisor.wait(SAMPLE_INTERVAL_S):
+            try:
+                self._sample()
+            except (redis.RedisError, OSError):
+                pass  # Redis is restarting, stopped or failing over: sample again later
+
+    def _sample(self) -> None:
+        """Record, per task id, the highest retry_count and lease_losses seen in a ready list, hash or delayed set."""
+        assert self.redis_server
+        r = redis.Redis(port=self.redis_server.port, decode_responses=True, socket_timeout=1, socket_connect_timeout=1)
+        try:
+            pipe = r.pipeline(transaction=False)
+            for t in TASK_TYPES:
+                pipe.lrange(self.keys.queue(t), 0, -1)
+                pipe.hvals(self.keys.inflight(t))
+                pipe.zrange(self.keys.delayed(t), 0, -1)
+            found = pipe.execute()
+        finally:
+            r.close()
+        now = time.time()
+        self.samples_taken += 1
+        for where, payloads in zip(("ready", "in flight", "delayed") * len(TASK_TYPES), found):
+            for raw in payloads:
+                self.record_payload(raw, where, now)
+
+    def record_payload(self, raw: Any, where: str, at: float) -> None:
+        try:
+            data = json.loads(raw) if isinstance(raw, str | bytes) else raw
+            task_id = data["task_id"]
+        except (ValueError, TypeError, KeyError):
+            return
+        if not isinstance(data, dict):
+            return
+        mine = self.task_samples.setdefault(task_id, {
+            "task_id": task_id, "task_type": data.get("task_type"), "campaign_id": data.get("campaign_id"),
+            "retry_count": 0, "lease_losses": 0, "where": where, "at": at})
+        for counter in ("retry_count", "lease_losses"):
+            value = data.get(counter, 0)
+            if isinstance(value, int) and value > mine[counter]:
+                mine[counter] = value
+                if counter == "retry_count":
+                    mine["where"], mine["at"] = where, at
 
     def kill(self, name: str) -> None:
         with self._lock:
@@ -584,6 +841,8 @@ class Cluster:
         with self._lock:
             for proc in self.procs.values():
                 proc.signal(signal.SIGCONT)
+            if self.redis_server and self.redis_server.proc and self.redis_server.proc.poll() is None:
+                self.redis_server.proc.send_signal(signal.SIGCONT)
             self.active_specs.clear()
             try:
                 self._post_faults()
@@ -647,6 +906,13 @@ class Cluster:
         queues_cli = self.run_cli("queues", "--json")
         dlq_cli = self.run_cli("dlq", "list", "--json")
         r = self.redis_client()
+        dead_letters = _json_or_error(dlq_cli)
+        entries = dead_letters.get("dead_letters", dead_letters.get("entries")) if isinstance(dead_letters, dict) \
+            else dead_letters
+        for entry in entries or []:
+            if isinstance(entry, dict) and isinstance(entry.get("task"), dict):
+                self.record_payload(entry["task"], "dead letters", time.time())
+        procs = self.process_table()
         return Evidence(
             campaigns=campaigns,
             events=events,
@@ -655,9 +921,9 @@ class Cluster:
             sandbox_stats=self.sandbox_get("/_sandbox/stats"),
             sandbox_calls=self.sandbox_get("/_sandbox/calls").get("calls", []),
             queues=_json_or_error(queues_cli),
-            dead_letters=_json_or_error(dlq_cli),
+            dead_letters=dead_letters,
             redis_counts=redis_queue_counts(r),
-            lock_keys=sorted(r.scan_iter(match=f"*{KEY_PREFIX}*task_lock*", count=1000)),
+            lock_keys=live_locks(r, r.scan_iter(match=f"*{KEY_PREFIX}*task_lock*", count=1000)),
             lease_entries=r.zrange(f"{{{KEY_PREFIX}}}:leases", 0, -1),
             held_entries={k.rsplit(":wtasks:", 1)[-1]: sorted(r.smembers(k))
                           for k in r.scan_iter(match=f"{{{KEY_PREFIX}}}:wtasks:*", count=1000) if r.scard(k)},
@@ -670,7 +936,31 @@ class Cluster:
             time_scale=self.time_scale,
             rates=self.plan_rates(),
             exits=[attrs.asdict(rec) for rec in self.records if rec.ended is not None],
+            procs=procs,
+            lease_lost=[e for p in procs if p["role"] in ("worker", "sescrash") for e in scan_log(p, LEASE_LOST)],
+            dead_declared=[e for p in procs if p["role"] == "recovery" for e in scan_log(p, DEAD_DECLARED)],
+            poll_attempts=[e for p in procs if p["role"] == "poller" for e in scan_log(p, POLL_ATTEMPT)],
+            redis_losses=list(self.redis_losses),
+            task_samples=list(self.task_samples.values()),
+            samples_taken=self.samples_taken,
+            duplicates=list(self.duplicates),
+            t0=self.t0,
         )
+
+    def process_table(self) -> list[dict[str, Any]]:
+        """Every process the supervisor started: role, pid, wall-clock life, how it ended, its log and clock."""
+        out = []
+        for rec in self.records:
+            env = self.procs[rec.name].env if rec.name in self.procs else {}
+            out.append({
+                "name": rec.name, "role": rec.role, "pid": rec.pid, "log": rec.log,
+                "started": rec.started + self.wall_offset,
+                "ended": None if rec.ended is None else rec.ended + self.wall_offset,
+                "returncode": rec.returncode, "ended_by": rec.ended_by,
+                "crash_hook": env.get("CE_TEST_CRASH_AFTER_SES_CALL", "") in ("1", "true", "yes"),
+                "tz": env.get("TZ", ""), "skew": float(env.get("CHAOS_CLOCK_SKEW", "0") or 0),
+            })
+        return out
 
     def plan_rates(self) -> dict[str, float]:
         """The providers' own limits (calls/s before the time scale), as the sandbox enforces them.
@@ -696,6 +986,43 @@ class Cluster:
                 out.append(f"--- {log.name} ({len(body)} lines), last warnings/errors:")
                 out.extend("    " + l for l in interesting[-lines:])
         return "\n".join(out)
+
+
+def recovery_name(i: int) -> str:
+    return "recovery" if i == 0 else f"recovery{i + 1}"
+
+
+#: What scan_log looks for (one match per line; named groups become fields).
+LEASE_LOST = re.compile(r"lease lost: (?:(?P<what>[\w-]+) of )?(?P<task_type>[a-z_]+) (?P<task>[0-9a-f]{8,})")
+DEAD_DECLARED = re.compile(r"worker (?P<worker>\S+) is dead \((?P<how>.*)\): (?P<recovered>\d+) task\(s\) recovered")
+POLL_ATTEMPT = re.compile(
+    r"campaign (?P<campaign_id>\d+) (?P<task_type>[a-z_]+): attempt (?P<attempt>\d+)(?:/\d+)? failed")
+#: The timestamp campaignctl's log format starts each line with (asctime).
+_LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) ")
+
+
+def scan_log(proc: Mapping[str, Any], pattern: re.Pattern[str]) -> list[dict[str, Any]]:
+    """Lines of ``proc``'s log matching ``pattern``, each with its real wall-clock time.
+
+    A skewed worker's log stamps are in its own time zone and off by its
+    skew; both are undone here so every process's lines share one clock.
+    """
+    path = Path(proc["log"])
+    if not path.exists():
+        return []
+    tz = ZoneInfo(proc["tz"]) if proc.get("tz") else None
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        m = pattern.search(line)
+        if not m:
+            continue
+        at = None
+        t = _LOG_TIME.match(line)
+        if t:
+            stamp = dt.datetime.strptime(t.group(1), "%Y-%m-%d %H:%M:%S").replace(tzinfo=tz)
+            at = stamp.timestamp() + int(t.group(2)) / 1000 - proc.get("skew", 0.0)
+        out.append({"at": at, "pid": proc["pid"], "name": proc["name"], "line": line[:300], **m.groupdict()})
+    return out
 
 
 def example_dir() -> Path:
@@ -733,6 +1060,23 @@ class Evidence:
     lease_entries: list[str] = attrs.Factory(list)
     #: Worker id -> tasks its held set (``wtasks``) still names at rest.
     held_entries: dict[str, list[str]] = attrs.Factory(dict)
+    #: Every process started (Cluster.process_table): role, pid, wall-clock start/end, how it ended, crash hook.
+    procs: list[dict[str, Any]] = attrs.Factory(list)
+    #: "lease lost" lines of queue workers: {at (wall s), pid, name, task, line}.
+    lease_lost: list[dict[str, Any]] = attrs.Factory(list)
+    #: Recovery's "worker W is dead ... N task(s) recovered" lines: {at, pid, name, worker, recovered, line}.
+    dead_declared: list[dict[str, Any]] = attrs.Factory(list)
+    #: Polling workers' "attempt N failed" lines: {at, pid, name, campaign_id, task_type, attempt, line}.
+    poll_attempts: list[dict[str, Any]] = attrs.Factory(list)
+    #: Wall-clock (start, end, kind) of every fault that made Redis lose data.
+    redis_losses: list[tuple[float, float, str]] = attrs.Factory(list)
+    #: Per task id the highest retry_count/lease_losses seen in Redis during the run or in the dead letters.
+    task_samples: list[dict[str, Any]] = attrs.Factory(list)
+    samples_taken: int = 0
+    #: Duplicate email_sending tasks the schedule injected.
+    duplicates: list[dict[str, Any]] = attrs.Factory(list)
+    #: time.monotonic() when the schedule's clock started (the sandbox's call log uses the same clock).
+    t0: float = 0.0
 
 
 def _json_or_error(done: subprocess.CompletedProcess[str]) -> Any:
@@ -764,7 +1108,7 @@ def redis_queue_counts(r: redis.Redis, prefix: str = KEY_PREFIX) -> dict[str, in
     pipe.zcard(f"{tag}:leases")
     counts = pipe.execute()
     per_type, leases = counts[:-1], counts[-1]
-    locks = sum(1 for _ in r.scan_iter(match=f"{tag}:task_lock:*", count=1000))
+    locks = len(live_locks(r, r.scan_iter(match=f"{tag}:task_lock:*", count=1000)))
     claiming = sum(r.llen(k) for k in r.scan_iter(match=f"{tag}:claiming:*", count=1000))
     held = sum(r.scard(k) for k in r.scan_iter(match=f"{tag}:wtasks:*", count=1000))
     return {
@@ -776,6 +1120,20 @@ def redis_queue_counts(r: redis.Redis, prefix: str = KEY_PREFIX) -> dict[str, in
         "locks": locks,
         "held": held,
     }
+
+
+#: A settled lease's lock is replaced by a tombstone ``~<verb>:<token>`` that lives the replay window (so a
+#: replayed settle answers as the first did, engine/lua/includes/take_leased.lua): not a lease.
+TOMBSTONE_PREFIX = "~"
+
+
+def live_locks(r: redis.Redis, names: Any) -> list[str]:
+    """The task_lock keys among ``names`` that hold a lease (not a settled lease's tombstone), sorted."""
+    names = sorted(names)
+    if not names:
+        return []
+    values = r.mget(names)
+    return [k for k, v in zip(names, values) if v is not None and not str(v).startswith(TOMBSTONE_PREFIX)]
 
 
 def seed_row(i: int, kind: str) -> dict[str, Any]:

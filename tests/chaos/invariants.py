@@ -13,7 +13,18 @@ invariant it breaks (docs/reliability.md lists them):
    sandbox answered no 429 beyond the injected ones;
 5. nothing is left ready, leased, in flight or delayed; every dead letter has a reason;
 6. a campaign unsubscribed mid-run never sent (unless its send intent was
-   already recorded when the unsubscribe committed: that SES call was under way).
+   already recorded when the unsubscribe committed: that SES call was under way);
+7. SEND_OUTCOME_UNKNOWN only where the sender that recorded the intent died or
+   froze between the SES call and its record (the crash-after-SES hook, a
+   SIGKILL or SIGSTOP by the schedule) or SES answered an injected 5xx/timeout/garbage;
+   never because a second sender found a live sender's intent, nor because
+   PostgreSQL restarted;
+8. no attempt (``retry_count``, a polling worker's attempt) was spent by an
+   infrastructure fault: only tasks of a stage whose provider had injected
+   faults may have retries;
+9. recovery never took the lease of a live holder: no queue worker that was
+   never stopped or killed logged "lease lost" (unless Redis had just lost its
+   data), and recovery declared no running, never-stopped worker dead and took its tasks.
 """
 
 from __future__ import annotations
@@ -25,7 +36,7 @@ from typing import Any
 
 import attrs
 
-from tests.chaos.harness import Evidence
+from tests.chaos.harness import LOSS_EXCUSE_S, Evidence
 from workflow.legacy import legacy_columns
 from workflow.machine import check_history, state_name
 
@@ -52,7 +63,22 @@ NAMES = {
     4: "providers never saw more than their limit",
     5: "nothing left leased, in flight or delayed; dead letters have reasons",
     6: "campaigns unsubscribed mid-run never sent",
+    7: "SEND_OUTCOME_UNKNOWN only where a sender died or froze between the SES call and its record",
+    8: "no attempt spent by an infrastructure fault",
+    9: "recovery never took the lease of a live holder",
 }
+#: Providers each stage calls (the rate-limit bucket names); zillow56 is the Zillow stages' fallback.
+STAGE_PROVIDERS: dict[str, frozenset[str]] = {
+    "property_data": frozenset({"zillow", "zillow56"}),
+    "active_listings": frozenset({"zillow", "zillow56"}),
+    "recent_sales": frozenset({"zillow", "zillow56"}),
+    "market_data": frozenset({"rentcast"}),
+    "home_analysis": frozenset({"bedrock"}),
+    "email_creation": frozenset({"bedrock", "email_verification"}),
+    "email_sending": frozenset({"ses"}),
+}
+#: Injected provider faults that do not fail a call (seconds, not failures): they excuse no retry.
+HARMLESS_FAULTS = frozenset({"latency", "retry_after"})
 
 
 class InvariantBroken(AssertionError):
@@ -73,6 +99,9 @@ BROKEN: dict[int, type[InvariantBroken]] = {
         4: "providers never saw more than their limit",
         5: "nothing left behind",
         6: "unsubscribed means unsubscribed",
+        7: "unknown sends are explained",
+        8: "no attempt spent by infrastructure",
+        9: "no live lease taken",
     }.items()
 }
 
@@ -154,6 +183,9 @@ def check(ev: Evidence, *, at_rest: bool = True) -> Report:
     _rates(ev, report)
     _leftovers(ev, report)
     _unsubscribed(ev, report)
+    _unknown_sends(ev, report)
+    _attempts(ev, report)
+    _live_leases(ev, report)
     _process_notes(ev, report)
     return report
 
@@ -284,7 +316,7 @@ def worst_window(times: list[float], rate: float) -> tuple[float, int, float]:
 
 
 def throttle_context(calls: list[dict[str, Any]], provider: str, rate: float | None, time_scale: float,
-                     limit: int = 4) -> str:
+                     limit: int = 4, t0: float = 0.0) -> str:
     """What led to each limit 429: the arrival times of the calls just before it, relative to it.
 
     Tells a client that over-granted (calls evenly spaced, too close) from
@@ -299,7 +331,8 @@ def throttle_context(calls: list[dict[str, Any]], provider: str, rate: float | N
             continue
         before = [f"{(tb - t) * 1000:+.1f}" for tb, _, _ in mine[max(0, i - 5):i]]
         after = [f"{(ta - t) * 1000:+.1f}" for ta, _, _ in mine[i + 1:i + 3]]
-        out.append(f"429 at t={t:.3f}s: calls at {' '.join(before)} | {' '.join(after)} ms")
+        when = f" ({t - t0:+.2f}s on the schedule's clock)" if t0 else ""
+        out.append(f"429 at t={t:.3f}s{when}: calls at {' '.join(before)} | {' '.join(after)} ms")
         if len(out) >= limit:
             break
     if not out:
@@ -314,7 +347,8 @@ def _rates(ev: Evidence, report: Report) -> None:
     for provider, n in sorted(throttled.items()):
         if n:
             report.add(4, f"the sandbox throttled {n} call(s) to {provider} (429 beyond the injected ones)"
-                          + throttle_context(ev.sandbox_calls, provider, rates.get(provider), ev.time_scale))
+                          + throttle_context(ev.sandbox_calls, provider, rates.get(provider), ev.time_scale,
+                                             t0=ev.t0))
     by_provider: dict[str, list[float]] = defaultdict(list)
     for call in ev.sandbox_calls:
         if int(call.get("status", 0)) != 429:
@@ -419,3 +453,176 @@ def _process_notes(ev: Evidence, report: Report) -> None:
             "processes that exited on their own (restarted by the supervisor): "
             + ", ".join(f"{e['name']} pid {e['pid']} rc={e['returncode']} ({e['log']})" for e in own[:8])
         )
+
+
+def _procs_by_pid(ev: Evidence) -> dict[int, dict[str, Any]]:
+    return {p["pid"]: p for p in ev.procs}
+
+
+def _interrupted(ev: Evidence) -> set[int]:
+    """Pids the schedule SIGKILLed or SIGSTOPped."""
+    return set(ev.killed_pids) | set(ev.stopped_pids)
+
+
+def _owner_ids(row: dict[str, Any]) -> list[str]:
+    """Worker ids a send record names (its worker, and its owner where the record has one)."""
+    out = []
+    for col in ("worker_id", "owner", "owner_worker", "owner_id"):
+        value = row.get(col)
+        if isinstance(value, str) and value:
+            out.append(value)
+    return out
+
+
+def _unknown_sends(ev: Evidence, report: Report) -> None:
+    """Invariant 7: an unknown outcome needs a sender that died or froze between the SES call and its record.
+
+    The sender is the process whose worker id the run's send record names
+    (ids are host:pid:random, pids map to the harness' process table). It
+    explains the unknown outcome if it ran with the crash-after-SES hook and
+    died by it (SIGKILL, rc -9), or the schedule SIGKILLed or SIGSTOPped it.
+    Otherwise only an injected ambiguous SES answer (5xx, timeout, garbage
+    the sandbox actually injected) does. A live, never-interrupted sender
+    means a second sender marked the run unknown while the first was still
+    sending, or a database blip turned a known send into an unknown one.
+    """
+    by_pid = _procs_by_pid(ev)
+    sends = _by_campaign(ev.sends)
+    interrupted = _interrupted(ev)
+    injected_ses = {k: n for k, n in ((ev.sandbox_stats.get("injected") or {}).get("ses") or {}).items()
+                    if k in AMBIGUOUS_SES_FAULTS and n}
+    events = _by_campaign(ev.events)
+    for c in ev.campaigns:
+        if c["campaign_status"] != "SEND_OUTCOME_UNKNOWN":
+            continue
+        cid = c["id"]
+        rows = [s for s in sends.get(cid, []) if s["run_id"] == c["run_id"]]
+        owners = [w for row in rows for w in _owner_ids(row)]
+        why = []
+        for owner in owners:
+            pid = pid_of(owner)
+            proc = by_pid.get(pid) if pid is not None else None
+            if proc and proc.get("crash_hook") and proc.get("returncode") == -9:
+                why.append(f"its sender {owner} ran with the crash-after-SES hook and died by it")
+            elif pid in ev.killed_pids:
+                why.append(f"its sender {owner} was SIGKILLed by the schedule")
+            elif pid in ev.stopped_pids:
+                why.append(f"its sender {owner} was SIGSTOPped by the schedule")
+        if not why and injected_ses:
+            why.append(f"SES answered injected {injected_ses}")
+        if why:
+            report.notes.append(f"campaign {cid} SEND_OUTCOME_UNKNOWN explained: {'; '.join(why)}")
+            continue
+        marked = [e for e in events.get(cid, []) if e.get("to_status") == "SEND_OUTCOME_UNKNOWN"]
+        by = marked[-1] if marked else {}
+        described = []
+        for owner in owners:
+            pid = pid_of(owner)
+            proc = by_pid.get(pid) if pid is not None else None
+            described.append(f"{owner} ({proc['name'] if proc else 'not a process of this example'}, "
+                             f"{'interrupted' if pid in interrupted else 'never stopped or killed'})")
+        report.add(
+            7,
+            f"campaign {cid} is SEND_OUTCOME_UNKNOWN but its sender did not die between the SES call and its "
+            f"record: send record owner(s) {described or 'none'}; marked unknown by {by.get('worker_id')!r} "
+            f"(task {str(by.get('task_id'))[:8]}): {str(by.get('detail'))[:160]}",
+        )
+    by_id = {c["id"]: c for c in ev.campaigns}
+    delivered = {k.lower(): int(v) for k, v in (ev.sandbox_stats.get("emails") or {}).items()}
+    for d in ev.duplicates:
+        c = by_id.get(d["campaign_id"])
+        if c is not None:
+            report.notes.append(f"duplicate email_sending task {str(d['task_id'])[:8]} for campaign {c['id']} "
+                                f"({d.get('original')}): campaign ended {c['campaign_status']}, "
+                                f"{delivered.get(c['email'].lower(), 0)} email(s) delivered")
+
+
+def _faulted_providers(ev: Evidence) -> set[str]:
+    return {p for p, kinds in ev.provider_faults.items() if set(kinds) - HARMLESS_FAULTS}
+
+
+def _attempts(ev: Evidence, report: Report) -> None:
+    """Invariant 8: a retry is spent only by a provider's failure, never by Redis, the database or a dead worker.
+
+    Evidence: every task payload sampled in Redis during the run (ready, in
+    flight, delayed) and in the dead letters at the end, and polling
+    workers' "attempt N failed" lines. A task with retry_count > 0 must
+    belong to a stage one of whose providers had injected failures.
+    """
+    faulted = _faulted_providers(ev)
+    bad = []
+    for t in ev.task_samples:
+        n = t.get("retry_count") or 0
+        if not n:
+            continue
+        providers = STAGE_PROVIDERS.get(t.get("task_type") or "", frozenset())
+        if providers & faulted:
+            continue
+        bad.append(f"{t.get('task_type')} task {str(t.get('task_id'))[:8]} of campaign {t.get('campaign_id')} "
+                   f"had retry_count={n} (lease_losses={t.get('lease_losses', 0)}, seen {t.get('where')})")
+    for a in ev.poll_attempts:
+        providers = STAGE_PROVIDERS.get(a.get("task_type") or "", frozenset())
+        if providers & faulted:
+            continue
+        bad.append(f"polling worker {a['name']} (pid {a['pid']}) spent attempt {a.get('attempt')} of "
+                   f"{a.get('task_type')} for campaign {a.get('campaign_id')}: {a['line'][-160:]}")
+    why = f"providers with injected failures: {sorted(faulted) or 'none'}"
+    for msg in bad:
+        report.add(8, f"{msg}; {why}")
+    spent = sum(1 for t in ev.task_samples if t.get("retry_count"))
+    losses = sum(1 for t in ev.task_samples if t.get("lease_losses"))
+    report.notes.append(f"task counters: {len(ev.task_samples)} task(s) sampled in {ev.samples_taken} sample(s), "
+                        f"{spent} with retries, {losses} with lease losses; {why}")
+
+
+def _excused_by_loss(ev: Evidence, at: float | None) -> str | None:
+    """The Redis data loss a "lease lost" at ``at`` follows closely, if any: the lease went with the data."""
+    if at is None:
+        return None
+    for start, end, kind in ev.redis_losses:
+        if start - 0.5 <= at <= end + LOSS_EXCUSE_S:
+            return kind
+    return None
+
+
+def _live_leases(ev: Evidence, report: Report) -> None:
+    """Invariant 9: recovery takes a lease only from a holder that is dead, frozen or past its deadline.
+
+    A queue worker the schedule never stopped or killed renews every lease
+    it holds: if it logs "lease lost", someone took a live lease (two
+    recovery loops racing, liveness recovery after a Redis blip, a replayed
+    script). Excused: the line follows a Redis data loss (flush, wipe, crash
+    from the AOF) within a few seconds, or another line of the same task
+    was. Recovery's own "worker W is dead: N task(s) recovered" with N > 0
+    for a process that was running and never stopped is the same fault seen
+    from the other side.
+    """
+    by_pid = _procs_by_pid(ev)
+    interrupted = _interrupted(ev)
+    excused_tasks: set[tuple[int, str]] = set()
+    for line in ev.lease_lost:
+        if _excused_by_loss(ev, line.get("at")):
+            excused_tasks.add((line["pid"], line.get("task") or ""))
+    excused = 0
+    for line in ev.lease_lost:
+        if line["pid"] in interrupted:
+            continue
+        if (line["pid"], line.get("task") or "") in excused_tasks:
+            excused += 1
+            continue
+        report.add(9, f"{line['name']} (pid {line['pid']}, never stopped or killed) lost a lease: {line['line'][-200:]}")
+    for d in ev.dead_declared:
+        if int(d.get("recovered") or 0) == 0:
+            continue
+        pid = pid_of(d.get("worker"))
+        proc = by_pid.get(pid) if pid is not None else None
+        if proc is None or pid in interrupted:
+            continue
+        at = d.get("at")
+        ended = proc.get("ended")
+        alive = at is not None and proc["started"] <= at and (ended is None or ended > at + 0.5)
+        if alive:
+            report.add(9, f"{d['name']} declared {d['worker']} ({proc['name']}, running and never stopped) dead and "
+                          f"took {d['recovered']} task(s): {d['line'][-160:]}")
+    if excused:
+        report.notes.append(f"{excused} 'lease lost' line(s) right after a Redis data loss (not judged)")

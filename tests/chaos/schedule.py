@@ -36,6 +36,9 @@ KINDS: tuple[str, ...] = (
     "redis_flushall",  # FLUSHALL on the live server
     "redis_wipe",  # SIGKILL + start empty (a fresh server)
     "pg_restart",  # PostgreSQL fast shutdown and start
+    "redis_stop",  # SIGSTOP redis-server for `duration` s (longer than the liveness TTL), then SIGCONT
+    "redis_failover",  # promote the replica (REPLICAOF NO ONE), kill the old primary, move the endpoint
+    "duplicate_send",  # LPUSH a second, valid email_sending task for a campaign whose send is in flight
 )
 #: Kinds that act on one worker (``target`` is the worker's index).
 WORKER_KINDS = frozenset({"kill_worker", "stop_worker"})
@@ -57,9 +60,11 @@ class Fault:
 
     at: float
     kind: str
-    #: Worker index for worker faults, campaign number (0-based) for unsubscribe.
+    #: Worker index for worker faults (queue workers first, then polling workers), recovery index for
+    #: kill_recovery/stop_recovery, campaign number (0-based) for unsubscribe.
     target: int = 0
-    #: Length of a stop or of a provider-fault window, in s.
+    #: Length of a stop or of a provider-fault window, in s; for a restart or failover how long Redis is
+    #: unreachable.
     duration: float = 0.0
     #: Sandbox fault spec for provider_faults, e.g. "bedrock:429=0.5".
     spec: str = ""
@@ -70,6 +75,8 @@ class Fault:
             out += f" worker#{self.target}"
         if self.kind == "unsubscribe":
             out += f" campaign#{self.target}"
+        if self.kind in ("kill_recovery", "stop_recovery") and self.target:
+            out += f" recovery#{self.target}"
         if self.duration:
             out += f" for {self.duration:.1f}s"
         if self.spec:
@@ -93,6 +100,10 @@ class Schedule:
     #: One extra worker runs with CE_TEST_CRASH_AFTER_SES_CALL: it dies between the SES call and its record.
     ses_crash_worker: bool = False
     faults: tuple[Fault, ...] = ()
+    #: Recovery processes running side by side (SPEC §4a: any number of recovery loops is safe).
+    recoveries: int = 1
+    #: Extra workers with DISPATCH_MODE=polling on the same database as the queue workers (a rollout).
+    polling_workers: int = 0
 
     # -- replay strings ------------------------------------------------------
 
@@ -130,8 +141,12 @@ class Schedule:
         )
         if self.clock_skew:
             head += f", worker#0 clock skew {self.clock_skew:+.0f}s"
+        if self.polling_workers:
+            head += f", +{self.polling_workers} polling worker(s)"
         if self.ses_crash_worker:
             head += ", +1 worker that crashes after the SES call"
+        if self.recoveries > 1:
+            head += f", {self.recoveries} recovery processes"
         lines = [head] + [f"  {f.describe()}" for f in sorted(self.faults, key=lambda f: f.at)]
         if not self.faults:
             lines.append("  (no faults)")
@@ -149,6 +164,10 @@ class Schedule:
             kinds.add("clock_skew")
         if self.ses_crash_worker:
             kinds.add("crash_after_ses_call")
+        if self.recoveries > 1:
+            kinds.add("two_recoveries")
+        if self.polling_workers:
+            kinds.add("polling_workers")
         return kinds
 
 
@@ -173,15 +192,26 @@ def fault(draw: st.DrawFn, *, workers: int, campaigns: int) -> Fault:
     kind = draw(st.sampled_from(KINDS))
     at = draw(_at)
     if kind == "kill_worker":
-        return Fault(at, kind, target=draw(st.integers(0, workers - 1)))
+        # One index past the queue workers: the polling worker, when the schedule has one.
+        return Fault(at, kind, target=draw(st.integers(0, workers)))
     if kind == "stop_worker":
         # Short stops pause a worker; stops beyond the liveness TTL (2 s) plus a recovery pass make a zombie
         # whose leases are taken away and handed to another worker while it sleeps: at 3 s it wakes up while
         # the new holder is likely still running its task, at 8 s long after.
         duration = draw(st.sampled_from((4.0, 1.0, 3.0, 8.0)))
         return Fault(at, kind, target=draw(st.integers(0, workers - 1)), duration=duration)
-    if kind in ("stop_producer", "stop_recovery"):
+    if kind == "stop_producer":
         return Fault(at, kind, duration=draw(st.sampled_from((4.0, 1.0))))
+    if kind == "stop_recovery":
+        return Fault(at, kind, duration=draw(st.sampled_from((4.0, 1.0))), target=draw(st.integers(0, 1)))
+    if kind == "kill_recovery":
+        return Fault(at, kind, target=draw(st.integers(0, 1)))
+    if kind == "redis_stop":
+        # Beyond the liveness TTL (2 s): every liveness key lapses while the workers' leases are valid.
+        return Fault(at, kind, duration=draw(st.sampled_from((3.0, 5.0))))
+    if kind == "redis_failover":
+        # How long the endpoint points nowhere after the promotion (0: at once; 3: longer than the liveness TTL).
+        return Fault(at, kind, duration=draw(st.sampled_from((0.0, 3.0))))
     if kind == "unsubscribe":
         return Fault(at, kind, target=draw(st.integers(0, campaigns - 1)))
     if kind == "provider_faults":
@@ -199,6 +229,8 @@ def schedules(draw: st.DrawFn, *, max_campaigns: int = 8, max_faults: int = 6) -
     workers = draw(st.integers(min_value=2, max_value=3))
     faults = draw(st.lists(fault(workers=workers, campaigns=campaigns), max_size=max_faults))
     return Schedule(
+        recoveries=draw(st.sampled_from((1, 2))),
+        polling_workers=draw(st.sampled_from((0, 1))),
         campaigns=campaigns,
         unknown_addresses=draw(st.integers(0, 1)),
         bad_emails=draw(st.integers(0, 1)),

@@ -2,15 +2,17 @@
 
 Each example starts a fresh Redis, database and sandbox, runs a small batch of
 campaigns to rest under its schedule (tests/chaos/harness.py) and checks the
-six invariants (tests/chaos/invariants.py). A failure prints the schedule
+nine invariants (tests/chaos/invariants.py). A failure prints the schedule
 hypothesis shrank it to, what happened when, the violations, the warnings in
 the processes' logs, and the replay string:
 
     pytest tests/chaos --chaos-replay=<string>
 
-Budget: CHAOS_EXAMPLES generated schedules (default 6) plus the two fixed
+Budget: CHAOS_EXAMPLES generated schedules (default 6) plus the four fixed
 schedules below: EVERYTHING runs every fault kind in every CI build, ZOMBIES
-the lease-fencing case.
+the lease-fencing case, BLIPS Redis outages that lose no data (a pause longer
+than the liveness TTL, a failover) under two recovery loops, ROLLOUT polling
+and queue workers side by side with duplicate email_sending tasks.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ EVERYTHING = Schedule(
     concurrency=3,
     clock_skew=3600.0,
     ses_crash_worker=True,
+    recoveries=2,
+    polling_workers=1,
     faults=(
         Fault(0.5, "provider_faults", duration=3.0, spec="bedrock:429=0.6;zillow:5xx=0.3,malformed=0.2"),
         Fault(1.0, "kill_worker", target=1),
@@ -71,8 +75,11 @@ EVERYTHING = Schedule(
         Fault(6.0, "redis_wipe"),
         Fault(7.0, "redis_restart", duration=1.0),
         Fault(8.0, "unsubscribe", target=7),
+        Fault(7.5, "redis_failover", duration=0.0),
+        Fault(8.0, "duplicate_send"),
         Fault(8.5, "redis_flushall"),
         Fault(9.0, "kill_worker", target=0),
+        Fault(9.5, "redis_stop", duration=3.0),
     ),
 )
 
@@ -90,6 +97,38 @@ ZOMBIES = Schedule(
         Fault(0.5, "provider_faults", duration=6.0, spec="zillow:latency=1"),
         Fault(1.0, "stop_worker", target=1, duration=3.0),
         Fault(1.2, "stop_worker", target=2, duration=8.0),
+    ),
+)
+
+#: Redis goes away without losing data, under two recovery loops and no provider fault: the pause (3 s) and the
+#: failover's dead endpoint (3 s) both outlast the liveness TTL (2 s) while every worker holds valid leases.
+#: Recovery must wait one liveness TTL with Redis reachable before it judges anyone dead (SPEC §4a), so no
+#: worker may lose a lease (invariant 9) and no task may be charged an attempt (invariant 8).
+BLIPS = Schedule(
+    campaigns=8,
+    workers=3,
+    concurrency=3,
+    recoveries=2,
+    faults=(
+        Fault(1.5, "redis_stop", duration=3.0),
+        Fault(6.5, "redis_failover", duration=3.0),
+    ),
+)
+
+#: A rollout: one polling worker beside two queue workers on one database, two recovery loops, and two
+#: duplicate email_sending tasks pushed while a send is in flight (SES answers a second late, so the first
+#: sender is still inside its intent). A second sender must defer to a live intent's owner, never mark the
+#: run SEND_OUTCOME_UNKNOWN (invariant 7) or send twice (invariant 2).
+ROLLOUT = Schedule(
+    campaigns=8,
+    workers=2,
+    concurrency=3,
+    recoveries=2,
+    polling_workers=1,
+    faults=(
+        Fault(0.0, "provider_faults", duration=10.0, spec="ses:latency=1"),
+        Fault(0.5, "duplicate_send"),
+        Fault(2.0, "duplicate_send"),
     ),
 )
 
@@ -114,7 +153,7 @@ def run_and_check(schedule: Schedule, pg: PostgresServer, workdir: Path | None =
     COVERAGE["campaigns"] += schedule.campaigns
     for f in schedule.faults:
         COVERAGE[f.kind] += 1
-    for k in ("clock_skew", "crash_after_ses_call"):
+    for k in ("clock_skew", "crash_after_ses_call", "two_recoveries", "polling_workers"):
         if k in schedule.fault_kinds():
             COVERAGE[k] += 1
     summary = f"[chaos] {took:5.1f}s  {schedule.describe().splitlines()[0]}; {len(schedule.faults)} faults; " + (
@@ -129,6 +168,10 @@ def run_and_check(schedule: Schedule, pg: PostgresServer, workdir: Path | None =
         note(f"replay: pytest tests/chaos --chaos-replay={replay}")
     if report.ok and not VERBOSE:
         shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        # The sandbox's call log, on the schedule's clock (seconds since the producer started), for a reader.
+        calls = [dict(c, at=round(float(c["t"]) - evidence.t0, 4)) for c in evidence.sandbox_calls]
+        (workdir / "sandbox_calls.json").write_text(json.dumps(calls))
     if not report.ok:
         raise report.exception_type(
             "\n".join(
@@ -139,7 +182,7 @@ def run_and_check(schedule: Schedule, pg: PostgresServer, workdir: Path | None =
                     timeline,
                     report.render(),
                     f"final quiet state: {state}",
-                    f"process logs: {workdir / 'logs'}",
+                    f"process logs: {workdir / 'logs'}; the sandbox's call log: {workdir / 'sandbox_calls.json'}",
                     tails,
                     f"replay: pytest tests/chaos --chaos-replay={replay}",
                 ]
@@ -149,13 +192,13 @@ def run_and_check(schedule: Schedule, pg: PostgresServer, workdir: Path | None =
 
 #: pytest-timeout for the whole hypothesis run: every example may take up to ~3 min on a slow machine,
 #: plus hypothesis' 5-minute shrinking cap (pyproject's 600 s default is for one ordinary test).
-RUN_TIMEOUT_S = 600 + (EXAMPLES + 1) * 180
+RUN_TIMEOUT_S = 600 + (EXAMPLES + 4) * 180
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(RUN_TIMEOUT_S)
 def test_chaos(chaos_pg: PostgresServer, chaos_replay: Schedule | None) -> None:
-    """Random fault schedules (plus the fixed EVERYTHING one) keep all six invariants."""
+    """Random fault schedules (plus the fixed ones) keep all nine invariants."""
     if chaos_replay is not None:
         print(f"[chaos] replaying: {chaos_replay.describe()}")
         run_and_check(chaos_replay, chaos_pg)
@@ -163,7 +206,7 @@ def test_chaos(chaos_pg: PostgresServer, chaos_replay: Schedule | None) -> None:
 
     chosen_seed = int(os.environ.get("CHAOS_SEED", str(int.from_bytes(os.urandom(4), "big"))))
     print(f"[chaos] hypothesis seed {chosen_seed} (CHAOS_SEED={chosen_seed} reproduces the same draws), "
-          f"{EXAMPLES} generated examples{' + 2 fixed' if FIXED else ''}, time scale {TIME_SCALE}")
+          f"{EXAMPLES} generated examples{' + 4 fixed' if FIXED else ''}, time scale {TIME_SCALE}")
     phases = [Phase.explicit, Phase.generate] + ([Phase.shrink] if SHRINK else [])
 
     @seed(chosen_seed)
@@ -180,8 +223,8 @@ def test_chaos(chaos_pg: PostgresServer, chaos_replay: Schedule | None) -> None:
         run_and_check(schedule, chaos_pg)
 
     if FIXED:
-        chaos_example = example(schedule=ZOMBIES)(chaos_example)
-        chaos_example = example(schedule=EVERYTHING)(chaos_example)
+        for fixed in (ROLLOUT, BLIPS, ZOMBIES, EVERYTHING):
+            chaos_example = example(schedule=fixed)(chaos_example)
 
     try:
         chaos_example()

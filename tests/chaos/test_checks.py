@@ -189,3 +189,106 @@ def test_fault_specs_expand_and_merge() -> None:
 def test_every_schedule_survives_its_replay_string(schedule: Schedule) -> None:
     assert Schedule.from_replay(schedule.replay_string()) == schedule
     assert Schedule.from_replay(__import__("json").dumps(schedule.to_dict())) == schedule
+
+
+# -- invariants 7-9 (issue 11): each fed a violating record and a clean one ------------------------------
+
+UNKNOWN_PATH = SENT_PATH[:8] + [("mark_send_unknown", "SEND_OUTCOME_UNKNOWN", "idle")]
+
+
+def _proc(name: str, pid: int, role: str = "worker", *, crash_hook: bool = False, returncode: int | None = None,
+          started: float = 1000.0, ended: float | None = None) -> dict[str, Any]:
+    return {"name": name, "role": role, "pid": pid, "log": f"/logs/{name}.1.log", "started": started, "ended": ended,
+            "returncode": returncode, "ended_by": None, "crash_hook": crash_hook, "tz": "", "skew": 0.0}
+
+
+def _unknown(owner: str, **over: Any) -> Evidence:
+    events = _path(1, UNKNOWN_PATH)
+    events[-1].update(worker_id="vm:200:bb", task_id="dup0000000", detail="send outcome unknown: a previous send "
+                      "attempt (intent, task d9ff478f) never recorded its outcome")
+    sends = [{"campaign_id": 1, "run_id": 1, "state": "unknown", "message_id": None, "worker_id": owner,
+              "created_at": T0}]
+    procs = [_proc("worker0", 100), _proc("worker1", 200), _proc("sescrash", 300, "sescrash", crash_hook=True,
+                                                                    returncode=-9, ended=1005.0)]
+    base: dict[str, Any] = dict(campaigns=[_campaign(1, "SEND_OUTCOME_UNKNOWN", version=9)], events=events,
+                                sends=sends, procs=procs, crash_hook_pids={300},
+                                sandbox_stats={"throttled": {}, "emails": {"owner1@homes.example.com": 1}})
+    base.update(over)
+    return _evidence(**base)
+
+
+def test_an_unknown_send_whose_sender_lived_breaks_invariant_7() -> None:
+    # Given the intent's owner worker0 never stopped and a second sender (worker1) marked the run unknown
+    ev = _unknown("vm:100:aa", servers_restarted={"postgres"})
+    # Then invariant 7 names both (a PostgreSQL restart no longer explains it; invariant 1 still accepts it)
+    found = invariants.check(ev).violations[7]
+    assert found and "vm:100:aa (worker0, never stopped or killed)" in found[0] and "'vm:200:bb'" in found[0]
+    assert not invariants.check(ev).violations[1]
+
+
+def test_an_unknown_send_by_the_crash_hook_or_a_killed_sender_keeps_invariant_7() -> None:
+    assert invariants.check(_unknown("vm:300:cc")).ok  # the crash-after-SES worker died by its hook
+    assert invariants.check(_unknown("vm:100:aa", killed_pids={100})).ok
+    assert invariants.check(_unknown("vm:100:aa", stopped_pids={100})).ok
+    injected = {"throttled": {}, "emails": {}, "injected": {"ses": {"5xx": 2}}}
+    assert invariants.check(_unknown("vm:100:aa", sandbox_stats=injected, provider_faults={"ses": {"5xx"}})).ok
+    # A scheduled SES fault that the sandbox never actually injected explains nothing.
+    scheduled = {"throttled": {}, "emails": {}, "injected": {}}
+    ev = _unknown("vm:100:aa", sandbox_stats=scheduled, provider_faults={"ses": {"5xx"}})
+    assert invariants.check(ev).violations[7]
+
+
+def _sample(task_type: str, retry_count: int, lease_losses: int = 0) -> dict[str, Any]:
+    return {"task_id": "9adcd2d5c471454e", "task_type": task_type, "campaign_id": 1, "retry_count": retry_count,
+            "lease_losses": lease_losses, "where": "ready", "at": 1000.0}
+
+
+def test_an_attempt_spent_without_a_provider_fault_breaks_invariant_8() -> None:
+    # A worker was SIGKILLed while holding a market_data task; recovery requeued it with retry_count+1.
+    ev = _evidence(task_samples=[_sample("market_data", 1, lease_losses=1)], killed_pids={4242})
+    found = invariants.check(ev).violations[8]
+    assert found and "market_data" in found[0] and "retry_count=1" in found[0]
+    # A fault on another provider (or a mere latency on this one) does not excuse it.
+    assert invariants.check(_evidence(task_samples=ev.task_samples, provider_faults={"bedrock": {"5xx"}})).violations[8]
+    assert invariants.check(_evidence(task_samples=ev.task_samples,
+                                      provider_faults={"rentcast": {"latency"}})).violations[8]
+    poll = {"at": 1000.0, "pid": 77, "name": "poller0", "campaign_id": "1", "task_type": "recent_sales",
+            "attempt": "1", "line": "campaign 1 recent_sales: attempt 1 failed: OperationalError"}
+    assert invariants.check(_evidence(poll_attempts=[poll])).violations[8]
+
+
+def test_attempts_of_a_faulted_provider_and_lease_losses_keep_invariant_8() -> None:
+    samples = [_sample("market_data", 2), _sample("property_data", 0, lease_losses=3)]
+    assert invariants.check(_evidence(task_samples=samples, provider_faults={"rentcast": {"5xx"}})).ok
+    assert invariants.check(_evidence(task_samples=[_sample("email_creation", 1)],
+                                      provider_faults={"email_verification": {"timeout"}})).ok
+
+
+def _lost(name: str, pid: int, at: float = 1010.0) -> dict[str, Any]:
+    line = "2026-01-01 12:00:10,000 WARNING MainProcess engine.worker: lease lost: market_data 83cf8b8b9f was taken away"
+    return {"at": at, "pid": pid, "name": name, "line": line, "what": None, "task_type": "market_data",
+            "task": "83cf8b8b9f"}
+
+
+def test_a_live_worker_losing_its_lease_breaks_invariant_9() -> None:
+    procs = [_proc("worker0", 100), _proc("recovery", 50, "recovery")]
+    found = invariants.check(_evidence(procs=procs, lease_lost=[_lost("worker0", 100)])).violations[9]
+    assert found and "worker0 (pid 100, never stopped or killed)" in found[0]
+    # Seen from recovery: it declared a running, never-stopped worker dead and took its task.
+    dead = {"at": 1010.0, "pid": 50, "name": "recovery", "worker": "vm:100:aa", "recovered": "1",
+            "line": "worker vm:100:aa is dead (no liveness key): 1 task(s) recovered"}
+    assert invariants.check(_evidence(procs=procs, dead_declared=[dead])).violations[9]
+
+
+def test_lease_losses_of_zombies_dead_workers_and_data_loss_keep_invariant_9() -> None:
+    procs = [_proc("worker0", 100), _proc("worker1", 101, ended=1005.0), _proc("recovery", 50, "recovery")]
+    assert invariants.check(_evidence(procs=procs, lease_lost=[_lost("worker0", 100)], stopped_pids={100})).ok
+    flushed = _evidence(procs=procs, lease_lost=[_lost("worker0", 100), _lost("worker0", 100, at=1030.0)],
+                        redis_losses=[(1008.0, 1008.1, "redis_flushall")])
+    assert invariants.check(flushed).ok  # the second line is the same task's ack, refused later
+    late = _evidence(procs=procs, lease_lost=[_lost("worker0", 100, at=1030.0)],
+                     redis_losses=[(1008.0, 1008.1, "redis_flushall")])
+    assert invariants.check(late).violations[9]
+    dead = {"at": 1010.0, "pid": 50, "name": "recovery", "worker": "vm:101:bb", "recovered": "2",
+            "line": "worker vm:101:bb is dead (no liveness key): 2 task(s) recovered"}
+    assert invariants.check(_evidence(procs=procs, dead_declared=[dead])).ok  # worker1 had exited at 1005
