@@ -33,9 +33,11 @@ local burst = tonumber(ARGV[2])
 local max_wait = tonumber(ARGV[3] or '0')
 local now = now_us()
 local state = redis.call('MGET', KEYS[1], KEYS[2], KEYS[3])
-local tokens = tonumber(state[1] or ARGV[2])
--- A bucket without keys has been full forever: counted from time 0, a pause still empties it.
-local last = tonumber(state[2] or '0')
+-- A bucket without keys starts empty, now: it is either new or Redis lost it (a flush, a failover
+-- that lost the last writes), and then nobody knows how many calls the provider saw just before.
+-- Full would hand the fleet a burst after every loss; empty costs one interval, once.
+local tokens = tonumber(state[1] or '0')
+local last = tonumber(state[2] or now)
 local paused = tonumber(state[3] or '0')
 local news = paused > last
 if news then

@@ -60,10 +60,19 @@ def _ctx(queue: TaskQueue, limiter: RateLimiter, max_token_sleep: float) -> Task
 # --- reservations, stepped by hand ------------------------------------------------------------
 
 
+
+def _full(limiter: RateLimiter, api: str) -> RateLimiter:
+    """The bucket as an idle one is: full, counted from now (a bucket Redis has never seen starts empty)."""
+    sec, usec = limiter.redis.time()
+    keys = limiter._bucket(api)
+    limiter.redis.mset({keys[0]: str(limiter.limits[api].burst), keys[1]: str(int(sec) * 1_000_000 + int(usec))})
+    return limiter
+
 def test_each_caller_is_told_its_own_slot_one_interval_apart(redis_client: redis.Redis,
                                                              settings: EngineSettings) -> None:
     # Given an empty-handed bucket of 1 token per second, burst 1
     limiter = RateLimiter(redis_client, settings, {"api": Limit(rate=1.0, burst=1)})
+    _full(limiter, "api")
     # When three callers ask, one after the other, each ready to wait up to 10 s
     a, b, c = (limiter.reserve("api", max_wait=10.0) for _ in range(3))
     # Then all three hold a token: the first now, the others at their own slot, 1/rate apart
@@ -83,6 +92,7 @@ def test_each_caller_is_told_its_own_slot_one_interval_apart(redis_client: redis
 def test_a_slot_beyond_max_wait_reserves_nothing(redis_client: redis.Redis, settings: EngineSettings) -> None:
     # Given a bucket of 1/s with two tokens promised (now and in 1 s)
     limiter = RateLimiter(redis_client, settings, {"api": Limit(rate=1.0, burst=1)})
+    _full(limiter, "api")
     a, b = (limiter.reserve("api", max_wait=1.5) for _ in range(2))
     assert a.granted and b.granted
     before = _bucket_state(redis_client, limiter, "api")
@@ -158,6 +168,7 @@ def test_a_pause_is_applied_once(redis_client: redis.Redis, settings: EngineSett
 
 def test_acquire_answers_wait_times_and_scales(redis_client: redis.Redis, settings: EngineSettings) -> None:
     scaled = RateLimiter(redis_client, attrs.evolve(settings, rate_scale=10.0), {"api": Limit(rate=1.0, burst=2)})
+    _full(scaled, "api")
     first, second, third = (scaled.acquire("api") for _ in range(3))
     assert first.granted and second.granted and not third.granted
     assert 0 < third.wait <= 0.1  # 1/s × 10 = one token per 100 ms
@@ -172,6 +183,7 @@ def test_the_task_context_defers_a_slot_beyond_max_token_sleep(redis_client: red
                                                                queue: TaskQueue) -> None:
     # Given a bucket of 2/s with its next two tokens promised (now and in 0.5 s)
     limiter = RateLimiter(redis_client, settings, {"api": Limit(rate=2.0, burst=1)})
+    _full(limiter, "api")
     first, _ = (limiter.reserve("api", max_wait=5.0) for _ in range(2))
     ctx = _ctx(queue, limiter, max_token_sleep=0.75)
     # When a handler asks for a token it would wait about 1 s for, and its worker sleeps at most 0.75 s
@@ -187,6 +199,7 @@ def test_the_task_context_sleeps_once_and_reports_the_wait_while_it_lasts(
         redis_client: redis.Redis, settings: EngineSettings, queue: TaskQueue) -> None:
     # Given a bucket of 2/s whose free token was just taken
     limiter = RateLimiter(redis_client, settings, {"api": Limit(rate=2.0, burst=1)})
+    _full(limiter, "api")
     assert limiter.reserve("api", max_wait=0).granted
     ctx = _ctx(queue, limiter, max_token_sleep=5.0)
     calls = []
@@ -211,6 +224,7 @@ def test_the_task_context_sleeps_once_and_reports_the_wait_while_it_lasts(
 def test_a_lost_lease_cancels_the_wait(redis_client: redis.Redis, settings: EngineSettings, queue: TaskQueue) -> None:
     # Given a bucket of 0.5/s whose free token was just taken: the next slot is 2 s away
     limiter = RateLimiter(redis_client, settings, {"api": Limit(rate=0.5, burst=1)})
+    _full(limiter, "api")
     first = limiter.reserve("api", max_wait=0)
     ctx = _ctx(queue, limiter, max_token_sleep=5.0)
     # When the worker finds the lease taken away 0.2 s into the handler's wait

@@ -223,6 +223,8 @@ def test_every_script_has_a_replay_case() -> None:
 def test_a_replayed_token_request_never_over_grants(redis_client: redis.Redis, settings: EngineSettings) -> None:
     # Given a bucket of 2 tokens that refills at 1 per 100 s (nothing refills during the test)
     limiter = RateLimiter(redis_client, settings, {"api": Limit(rate=0.01, burst=2)})
+    sec, usec = redis_client.time()
+    redis_client.mset({limiter._bucket("api")[0]: "2", limiter._bucket("api")[1]: str(int(sec) * 10**6 + int(usec))})
     keys = limiter._bucket("api")
     args = [repr(limiter.rate("api")), 2, 1_000_000_000]  # callers wait up to 1000 s: they reserve
     # When one request is replayed, and then a third caller asks
