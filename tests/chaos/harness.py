@@ -44,6 +44,7 @@ from zoneinfo import ZoneInfo
 import attrs
 import redis
 from sqlalchemy import Engine, insert, select, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from engine.keys import Keys
 from tests.chaos.proxy import RedisProxy
@@ -695,8 +696,8 @@ class Cluster:
                         target = (row.id, row.run_id, "READY_TO_SEND in the database")
                 if target is not None and self._push_duplicate(r, *target):
                     return
-            except (redis.RedisError, OSError, ValueError, KeyError):
-                pass
+            except (redis.RedisError, OSError, ValueError, KeyError, SQLAlchemyError):
+                pass  # Redis or PostgreSQL is down under another fault: look again
             finally:
                 r.close()
             time.sleep(0.02)
