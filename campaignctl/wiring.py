@@ -204,9 +204,13 @@ class ReconcileFromDatabase:
         return self._pages(utcnow() - self.stall, after)
 
     def _pages(self, until: dt.datetime, changed_after: dt.datetime | None) -> Iterator[tuple[str, int, int]]:
+        if changed_after is not None:  # what changed in a window: few rows, read through the updated_at index
+            for cid, task_type, run_id in self.store.needing_task(until, changed_after=changed_after, limit=None):
+                yield task_type, cid, run_id
+            return
         after = 0
         while True:
-            rows = self.store.needing_task(until, changed_after=changed_after, limit=RECONCILE_PAGE, after_id=after)
+            rows = self.store.needing_task(until, limit=RECONCILE_PAGE, after_id=after)
             for cid, task_type, run_id in rows:
                 yield task_type, cid, run_id
             if len(rows) < RECONCILE_PAGE:

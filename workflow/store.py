@@ -203,28 +203,30 @@ class CampaignStore:
         """Campaigns that need a live task and have not moved for ``older_than``: (id, task type), in id order."""
         return [(cid, t) for cid, t, _ in self.needing_task(utcnow() - older_than, limit=limit, after_id=after_id)]
 
-    def needing_task(self, until: dt.datetime, *, changed_after: dt.datetime | None = None, limit: int = 1000,
+    def needing_task(self, until: dt.datetime, *, changed_after: dt.datetime | None = None, limit: int | None = 1000,
                      after_id: int = 0) -> list[tuple[int, str, int]]:
         """Campaigns that need a live task, last changed at or before ``until`` (and after ``changed_after``).
 
-        Returns (campaign id, task type, run id) in id order, from ``after_id``
-        on, so a caller can page through a large table. With ``changed_after``
-        the (status, updated_at) index bounds the read to what changed in the
-        window: recovery's reconcile looks at what changed, not at everything.
+        Returns (campaign id, task type, run id). With ``limit`` the rows come
+        in id order from ``after_id`` on, so a caller can page through a large
+        table (the full sweep). With ``limit=None`` (recovery's window of what
+        changed) they come unordered and unpaged: nothing then pushes the
+        planner from the (status, updated_at) index to a walk of the primary
+        key in id order, which filters every row of a large table (210 ms at
+        a million) to find the few that changed.
         """
         conditions = [
             campaigns.c.campaign_status.in_([Status.PROCESSING.value, Status.READY_TO_SEND.value]),
             campaigns.c.updated_at <= until,
-            campaigns.c.id > after_id,
         ]
         if changed_after is not None:
             conditions.append(campaigns.c.updated_at > changed_after)
-        query = (
-            select(campaigns.c.id, campaigns.c.campaign_status, campaigns.c.processing_stage, campaigns.c.run_id)
-            .where(*conditions)
-            .order_by(campaigns.c.id)
-            .limit(limit)
-        )
+        query = select(campaigns.c.id, campaigns.c.campaign_status, campaigns.c.processing_stage,
+                       campaigns.c.run_id)
+        if limit is not None:
+            query = query.where(*conditions, campaigns.c.id > after_id).order_by(campaigns.c.id).limit(limit)
+        else:
+            query = query.where(*conditions)
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
         out = []
