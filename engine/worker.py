@@ -518,12 +518,13 @@ class Worker:
         with self._lock:
             jobs = [j for j in self._jobs.values() if j.ctx is None or not j.ctx.lease_lost.is_set()]
         try:
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.set(self.keys.worker(self.worker_id), str(time.time()),
-                     px=max(1, int(self.settings.liveness_ttl * 1000)))
-            pipe.hset(self.keys.workers, self.worker_id, json.dumps(self.info()))
-            self.queue.renew([j.lease for j in jobs], client=pipe)
-            results = pipe.execute()
+            try:
+                results = self._beat_once(jobs)
+            except redis.exceptions.NoScriptError:
+                # The pipeline checked the script cache on one server and ran on another (a restart or
+                # failover in between): it loads the scripts again now. Waiting a whole interval would eat
+                # into the lease when the server pauses next.
+                results = self._beat_once(jobs)
         except redis.RedisError as exc:
             self._beat_outage.failed(exc)
             return
@@ -535,6 +536,14 @@ class Worker:
                     job.ctx.lease_lost.set()
                 log.warning("lease lost: %s %s was taken away while running", job.lease.task.task_type,
                             job.lease.task.task_id)
+
+    def _beat_once(self, jobs: list[_Job]) -> list[Any]:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(self.keys.worker(self.worker_id), str(time.time()),
+                 px=max(1, int(self.settings.liveness_ttl * 1000)))
+        pipe.hset(self.keys.workers, self.worker_id, json.dumps(self.info()))
+        self.queue.renew([j.lease for j in jobs], client=pipe)
+        return pipe.execute()
 
     def _still_running(self, job: _Job) -> bool:
         with self._lock:

@@ -244,6 +244,7 @@ class Cluster:
         self.kinds: dict[int, str] = {}
         #: Wall-clock (start, end, kind) of every fault that made Redis lose data.
         self.redis_losses: list[tuple[float, float, str]] = []
+        self.redis_pauses: list[tuple[float, float]] = []
         #: task_id -> the highest counters any sample saw for it (see _sample).
         self.task_samples: dict[str, dict[str, Any]] = {}
         self.samples_taken = 0
@@ -595,6 +596,7 @@ class Cluster:
         assert self.redis_server and self.redis_server.proc
         proc = self.redis_server.proc
         proc.send_signal(signal.SIGSTOP)
+        self.redis_pauses.append((time.time(), time.time() + duration))
         self.note(f"redis: SIGSTOP (pid {proc.pid}) for {duration:.1f}s")
 
         def resume() -> None:
@@ -942,6 +944,7 @@ class Cluster:
             dead_declared=[e for p in procs if p["role"] == "recovery" for e in scan_log(p, DEAD_DECLARED)],
             poll_attempts=[e for p in procs if p["role"] == "poller" for e in scan_log(p, POLL_ATTEMPT)],
             redis_losses=list(self.redis_losses),
+            redis_pauses=list(self.redis_pauses),
             task_samples=list(self.task_samples.values()),
             samples_taken=self.samples_taken,
             duplicates=list(self.duplicates),
@@ -1071,6 +1074,8 @@ class Evidence:
     poll_attempts: list[dict[str, Any]] = attrs.Factory(list)
     #: Wall-clock (start, end, kind) of every fault that made Redis lose data.
     redis_losses: list[tuple[float, float, str]] = attrs.Factory(list)
+    #: Wall-clock (start, end) of every SIGSTOP of Redis: a worker learns of a loss only once Redis answers again.
+    redis_pauses: list[tuple[float, float]] = attrs.Factory(list)
     #: Per task id the highest retry_count/lease_losses seen in Redis during the run or in the dead letters.
     task_samples: list[dict[str, Any]] = attrs.Factory(list)
     samples_taken: int = 0

@@ -580,9 +580,21 @@ def _excused_by_loss(ev: Evidence, at: float | None) -> str | None:
     if at is None:
         return None
     for start, end, kind in ev.redis_losses:
-        if start - 0.5 <= at <= end + LOSS_EXCUSE_S:
+        if start - 0.5 <= at <= _noticed_by(ev, end) + LOSS_EXCUSE_S:
             return kind
     return None
+
+
+def _noticed_by(ev: Evidence, end: float) -> float:
+    """When workers could next talk to Redis after a loss that ended at ``end``: a SIGSTOP right after delays it.
+
+    A worker learns its lock went with the data on its next renew; a Redis
+    paused meanwhile answers that renew only when it resumes.
+    """
+    for start, resumed in sorted(ev.redis_pauses):
+        if start <= end + LOSS_EXCUSE_S and resumed > end:
+            end = resumed
+    return end
 
 
 def _live_leases(ev: Evidence, report: Report) -> None:

@@ -289,6 +289,13 @@ def test_lease_losses_of_zombies_dead_workers_and_data_loss_keep_invariant_9() -
     late = _evidence(procs=procs, lease_lost=[_lost("worker0", 100, at=1030.0)],
                      redis_losses=[(1008.0, 1008.1, "redis_flushall")])
     assert invariants.check(late).violations[9]
+    # Redis paused right after a crash: the worker learns of the loss when it resumes, past the plain window.
+    paused = _evidence(procs=procs, lease_lost=[_lost("worker0", 100, at=1018.0)],
+                       redis_losses=[(1008.0, 1008.1, "redis_crash")], redis_pauses=[(1008.2, 1013.2)])
+    assert invariants.check(paused).ok
+    unrelated_pause = _evidence(procs=procs, lease_lost=[_lost("worker0", 100, at=1030.0)],
+                                redis_losses=[(1008.0, 1008.1, "redis_crash")], redis_pauses=[(1020.0, 1025.0)])
+    assert invariants.check(unrelated_pause).violations[9]
     dead = {"at": 1010.0, "pid": 50, "name": "recovery", "worker": "vm:101:bb", "recovered": "2",
             "line": "worker vm:101:bb is dead (no liveness key): 2 task(s) recovered"}
     assert invariants.check(_evidence(procs=procs, dead_declared=[dead])).ok  # worker1 had exited at 1005

@@ -15,7 +15,7 @@ from engine.recovery import Recovery
 from engine.registry import Registry
 from engine.retry import RetryPolicy
 from engine.settings import EngineSettings
-from engine.worker import Worker
+from engine.worker import Worker, _Job
 from tests.engine.conftest import TYPES
 
 FAST = RetryPolicy(max_attempts=3, base=0.01, cap=0.02)
@@ -313,3 +313,33 @@ def test_a_stopping_worker_stays_alive_and_keeps_its_leases_during_the_grace_per
     stats = queue.stats()["queues"]["alpha"]
     assert (stats["ready"], stats["in_flight"]) == (0, 0)
     assert not redis_client.exists(queue.keys.worker(worker.worker_id))
+
+
+def test_a_beat_whose_scripts_vanish_between_check_and_call_renews_at_once(
+        redis_client: redis.Redis, settings: EngineSettings, queue: TaskQueue, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A pipeline checks the script cache, then runs: a restart in between (a failover, a crash) loses the
+    scripts. The beat must load them and renew now, not one HEARTBEAT_INTERVAL later (a Redis pause then
+    would find the lease shorter by that much)."""
+    registry = Registry()
+    registry.register("alpha", lambda task, ctx: None)
+    queue.enqueue("alpha", 1)
+    worker = Worker(redis_client, settings, registry, concurrency=1, task_types=TYPES)
+    [lease] = queue.claim(worker.worker_id, ["alpha"], 1).leases
+    worker._jobs[lease.task.task_id] = _Job(lease=lease, time_limit=0)
+    flushed = []
+    original = redis.client.Pipeline.load_scripts
+
+    def load_then_lose(pipe: redis.client.Pipeline) -> None:
+        original(pipe)
+        if not flushed:
+            flushed.append(True)
+            redis_client.script_flush()
+
+    monkeypatch.setattr(redis.client.Pipeline, "load_scripts", load_then_lose)
+    before = redis_client.pttl(queue.keys.task_lock(lease.task.task_id))
+    time.sleep(0.05)
+    worker._beat()
+    assert flushed, "the fault was not injected"
+    assert worker._beat_outage.backoff.failures == 0  # no failure streak began
+    assert redis_client.pttl(queue.keys.task_lock(lease.task.task_id)) > before - 50
+    assert redis_client.exists(queue.keys.worker(worker.worker_id))
