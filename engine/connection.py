@@ -50,15 +50,38 @@ def client_options(settings: EngineSettings, *, client_name: str | None = None) 
 
 
 def connect(settings: EngineSettings, *, check: bool = True, client_name: str | None = None) -> redis.Redis:
-    """A client with decoded responses. ``rediss://`` URLs use TLS; hiredis is used when installed."""
-    client = redis.Redis.from_url(settings.redis_url, **client_options(settings, client_name=client_name))
+    """A client with decoded responses. ``rediss://`` URLs use TLS; hiredis is used when installed.
+
+    With REDIS_CLUSTER, redis-py's RedisCluster: REDIS_URL names any node (the
+    configuration endpoint), the client discovers the shards, follows MOVED
+    and ASK, and after a failover refreshes its slot map and retries (the
+    same Retry: the replays that causes are safe for the same reason).
+    """
+    options = client_options(settings, client_name=client_name)
+    client: redis.Redis
+    if settings.redis_cluster:
+        retry = options.pop("retry")
+        # Per-node connections must not retry on their own: RedisCluster retries a command after it has
+        # refreshed its slot map (a retry on the same dead node would wait out every timeout first).
+        options.pop("retry_on_error")
+        options.pop("health_check_interval")
+        client = redis.RedisCluster.from_url(settings.redis_url, retry=retry, **options)  # type: ignore[assignment]
+    else:
+        client = redis.Redis.from_url(settings.redis_url, **options)
     if check:
         warn_if_evicting(client)
     return client
 
 
+def is_cluster(client: object) -> bool:
+    """Whether ``client`` talks to a Redis Cluster (scripts cannot be pipelined there: one call each)."""
+    return isinstance(client, redis.RedisCluster)
+
+
 def connection_name(client: redis.Redis) -> str | None:
     """The CLIENT SETNAME name of ``client``'s connections, or None when they are not named."""
+    if isinstance(client, redis.RedisCluster):
+        return str(client.nodes_manager.connection_kwargs.get("client_name") or "") or None
     pool = getattr(client, "connection_pool", None)
     kwargs = getattr(pool, "connection_kwargs", None) or {}
     name = kwargs.get("client_name")
@@ -73,7 +96,10 @@ def warn_if_evicting(client: redis.Redis) -> str | None:
     only after the stall threshold.
     """
     try:
-        policy = client.config_get("maxmemory-policy").get("maxmemory-policy")
+        answer = client.config_get("maxmemory-policy")
+        if isinstance(client, redis.RedisCluster) and answer and "maxmemory-policy" not in answer:
+            answer = next(iter(answer.values()))  # one answer per node: the parameter group sets them alike
+        policy = answer.get("maxmemory-policy")
     except redis.ResponseError:
         # Managed services (ElastiCache) may forbid CONFIG; nothing to check then.
         return None

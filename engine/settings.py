@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import attrs
 
-from engine.env import env_float, env_int
+from engine.env import env_bool, env_float, env_int
 
 #: Key prefix used when KEY_PREFIX is not set. Queue keys carry it as a hash tag.
 DEFAULT_KEY_PREFIX = "ce"
@@ -76,6 +76,8 @@ class EngineSettings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     #: Never printed: see __repr__.
     redis_password: str | None = None
+    #: REDIS_URL names any node of a Redis Cluster (ElastiCache's configuration endpoint): RedisCluster is used.
+    redis_cluster: bool = False
     key_prefix: str = DEFAULT_KEY_PREFIX
     visibility_timeout: float = DEFAULT_VISIBILITY_TIMEOUT
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
@@ -136,6 +138,7 @@ class EngineSettings:
         return cls(
             redis_url=redis_url_from_env(env),
             redis_password=env.get("REDIS_PASSWORD") or None,
+            redis_cluster=env_bool(env, "REDIS_CLUSTER", False),
             key_prefix=env.get("KEY_PREFIX", DEFAULT_KEY_PREFIX) or DEFAULT_KEY_PREFIX,
             visibility_timeout=env_float(env, "VISIBILITY_TIMEOUT", DEFAULT_VISIBILITY_TIMEOUT),
             heartbeat_interval=env_float(env, "HEARTBEAT_INTERVAL", DEFAULT_HEARTBEAT_INTERVAL),

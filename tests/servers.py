@@ -254,3 +254,115 @@ class PostgresServer:
         except ServerUnavailable:
             pass
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    for _ in range(200):
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise ServerUnavailable("no free port pair (port, port + 10000) for a cluster node")
+
+
+class RedisClusterServer:
+    """A Redis Cluster on loopback: 3 masters and 3 replicas (``redis-cli --cluster create``), each with AOF on.
+
+    ``url`` names one node, as ElastiCache's configuration endpoint does;
+    redis-py's RedisCluster discovers the rest. ``kill_master(slot)`` SIGKILLs
+    the master that serves a slot, for failover tests: with a node timeout of
+    2 s its replica is promoted within a few seconds.
+    """
+
+    def __init__(self, *, masters: int = 3, replicas: int = 1, node_timeout_ms: int = 2000) -> None:
+        self.binary = os.environ.get("REDIS_SERVER_BIN") or shutil.which("redis-server")
+        self.cli = shutil.which("redis-cli")
+        if not self.binary or not self.cli:
+            raise ServerUnavailable("redis-server and redis-cli are needed for a cluster (apt-get install -y redis-server)")
+        self.count = masters * (1 + replicas)
+        self.replicas = replicas
+        self.node_timeout_ms = node_timeout_ms
+        self.ports = [_free_cluster_port() for _ in range(self.count)]
+        self.dir = Path(tempfile.mkdtemp(prefix="ce-cluster-"))
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.ports[0]}/0"
+
+    def _start_node(self, port: int) -> None:
+        node_dir = self.dir / str(port)
+        node_dir.mkdir(exist_ok=True)
+        self.procs[port] = subprocess.Popen([
+            self.binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(node_dir),
+            "--cluster-enabled", "yes", "--cluster-config-file", str(node_dir / "nodes.conf"),
+            "--cluster-node-timeout", str(self.node_timeout_ms), "--appendonly", "yes", "--appendfsync", "everysec",
+            "--save", "", "--maxmemory-policy", "noeviction", "--daemonize", "no",
+            "--logfile", str(node_dir / "redis.log"),
+        ], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def start(self) -> RedisClusterServer:
+        for port in self.ports:
+            self._start_node(port)
+        for port in self.ports:
+            _wait_port(port, 10)
+        done = subprocess.run(
+            [self.cli, "--cluster", "create", *[f"127.0.0.1:{p}" for p in self.ports],
+             "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+            capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            raise ServerUnavailable(f"redis-cli --cluster create failed: {done.stdout[-500:]} {done.stderr[-500:]}")
+        self.wait_healthy()
+        return self
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        """Until every slot is served (cluster_state:ok on a live node)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for port in self.ports:
+                if port not in self.procs or self.procs[port].poll() is not None:
+                    continue
+                out = subprocess.run([self.cli, "-p", str(port), "cluster", "info"], capture_output=True, text=True)
+                if "cluster_state:ok" in out.stdout:
+                    return
+            time.sleep(0.2)
+        raise ServerUnavailable(f"the cluster did not become healthy within {timeout}s")
+
+    def master_of(self, key: str) -> int:
+        """The port of the master serving ``key``'s slot."""
+        slot = int(subprocess.run([self.cli, "-p", str(self.ports[0]), "cluster", "keyslot", key],
+                                  capture_output=True, text=True).stdout.strip())
+        for port in self.ports:
+            if port not in self.procs or self.procs[port].poll() is not None:
+                continue
+            out = subprocess.run([self.cli, "-p", str(port), "cluster", "slots"], capture_output=True, text=True)
+            lines = out.stdout.split()
+            for i in range(0, len(lines) - 3):
+                if lines[i].isdigit() and lines[i + 1].isdigit() and int(lines[i]) <= slot <= int(lines[i + 1]):
+                    return int(lines[i + 3])
+            break
+        raise ServerUnavailable(f"no master found for slot {slot}")
+
+    def kill(self, port: int) -> None:
+        proc = self.procs.pop(port, None)
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+
+    def cleanup(self) -> None:
+        for port in list(self.procs):
+            proc = self.procs.pop(port)
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(STOP_GRACE)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
