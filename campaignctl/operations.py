@@ -852,16 +852,16 @@ def requeue_dead_letter(ctx: AppContext, entry_id: str) -> ActionResult:
 
 
 def _remove_entry(ctx: AppContext, entry_id: str) -> None:
-    from engine.keys import Keys
+    from engine.queue import TaskQueue
 
-    key = Keys(ctx.settings.key_prefix).failed
-    for raw in ctx.redis.lrange(key, 0, -1):
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            continue
-        task = data.get("task") if isinstance(data, dict) else None
-        if isinstance(data, dict) and entry_id in (str(data.get("id")),
-                                                   str(task.get("task_id")) if isinstance(task, dict) else None):
-            ctx.redis.lrem(key, 1, raw)
-            return
+    for key in TaskQueue(ctx.redis, ctx.settings, TASK_TYPES).dlq_keys():
+        for raw in ctx.redis.lrange(key, 0, -1):
+            try:
+                data = json.loads(raw)
+            except ValueError:
+                continue
+            task = data.get("task") if isinstance(data, dict) else None
+            if isinstance(data, dict) and entry_id in (str(data.get("id")),
+                                                       str(task.get("task_id")) if isinstance(task, dict) else None):
+                ctx.redis.lrem(key, 1, raw)
+                return

@@ -7,16 +7,20 @@ live in Redis so every worker of the fleet sees the same answer; workers read
 them through ``ControlCache``, at most once per ``CONTROL_REFRESH`` seconds,
 so a control costs nothing on the hot path.
 
-Keys (P = key prefix), kept apart from the queue and bucket keys:
+Keys (P = key prefix), under the worker registry's hash tag (engine/keys.py),
+so an override's two hashes change in one transaction on Redis Cluster too:
 
 =================================  ======  ===============================================
-``P:controls:paused``              set     task types whose consumers claim nothing
-``P:controls:rates``               hash    api -> rate the limiter grants instead, calls/s (float,
+``{P}:controls:paused``            set     task types whose consumers claim nothing
+``{P}:controls:rates``             hash    api -> rate the limiter grants instead, calls/s (float,
                                            before RATE_SCALE; the plan rate × RATE_HEADROOM)
-``P:controls:plans``               hash    api -> the plan rate the operator gave, calls/s (shown)
-``P:stats:calls``                  hash    api -> rate-limit grants (calls made), since reset
-``P:stats:throttled``              hash    api -> bucket pauses after a provider's 429
+``{P}:controls:plans``             hash    api -> the plan rate the operator gave, calls/s (shown)
+``{P}:stats:calls``                hash    api -> rate-limit grants (calls made), since reset
+``{P}:stats:throttled``            hash    api -> bucket pauses after a provider's 429
 =================================  ======  ===============================================
+
+(Before the per-type layout these had no tag: ``P:controls:paused``, …;
+``campaignctl upgrade-redis`` renames them.)
 """
 
 from __future__ import annotations
@@ -38,11 +42,12 @@ class ControlKeys:
     """Key names of the controls for one key prefix."""
 
     def __init__(self, prefix: str) -> None:
-        self.paused = f"{prefix}:controls:paused"
-        self.rates = f"{prefix}:controls:rates"
-        self.plans = f"{prefix}:controls:plans"
-        self.calls = f"{prefix}:stats:calls"
-        self.throttled = f"{prefix}:stats:throttled"
+        tag = "{" + prefix + "}"
+        self.paused = f"{tag}:controls:paused"
+        self.rates = f"{tag}:controls:rates"
+        self.plans = f"{tag}:controls:plans"
+        self.calls = f"{tag}:stats:calls"
+        self.throttled = f"{tag}:stats:throttled"
 
 
 class Controls:

@@ -22,8 +22,11 @@ from typing import Any
 import attrs
 import redis
 
-from engine.redact import redact
+from redis.commands.core import Script
+
+from engine.connection import is_cluster
 from engine.keys import Keys, split_task_key, task_key
+from engine.redact import redact
 from engine.scripts import Scripts
 from engine.settings import EngineSettings
 from engine.task import MAX_PAYLOAD_BYTES, MalformedTask, Task
@@ -117,7 +120,22 @@ class TaskQueue:
         self.keys = Keys(settings.key_prefix)
         self.task_types = tuple(task_types)
         self.scripts = Scripts(client)
+        #: On Redis Cluster scripts cannot be pipelined (redis-py refuses EVALSHA in a cluster pipeline).
+        self.cluster = is_cluster(client)
         self._rotation = 0
+
+    def _run_scripts(self, calls: Sequence[tuple[Script, list[str], list[Any]]]) -> list[Any]:
+        """Each (script, keys, args), answers in order: one round trip on a single node, one call each on a cluster.
+
+        Every call touches one task type's slot; calls for several types are
+        independent (none relies on another having run).
+        """
+        if self.cluster or len(calls) == 1:
+            return [script(keys=keys, args=args) for script, keys, args in calls]
+        pipe = self.redis.pipeline(transaction=False)
+        for script, keys, args in calls:
+            script(keys=keys, args=args, client=pipe)
+        return pipe.execute() if calls else []
 
     # -- timing -------------------------------------------------------------------
 
@@ -139,14 +157,14 @@ class TaskQueue:
     def enqueue(self, task_type: str, campaign_id: int, delay: float = 0.0, *, run_id: int | None = None) -> Task | None:
         """Add a task; None when (task_type, campaign_id) already has a live one."""
         task = Task.new(task_type, campaign_id, run_id)
-        return task if self._enqueue_batch(task_type, [task], delay)[0] else None
+        return task if self._run_scripts([self._enqueue_call(task_type, [task], delay)])[0][0] else None
 
     def enqueue_many(self, items: Iterable[tuple[str, int] | tuple[str, int, int | None]]) -> list[Task | None]:
         """Enqueue several (task_type, campaign_id[, run_id]); None where one was live.
 
         One enqueue.lua call per task type present (one round trip in all,
-        pipelined), however many tasks: the producer's and reconcile's
-        batches cost Redis a loop, not a command each.
+        pipelined, on a single node), however many tasks: the producer's and
+        reconcile's batches cost Redis a loop, not a command each.
         """
         tasks = [Task.new(*item) for item in items]
         if not tasks:
@@ -154,17 +172,16 @@ class TaskQueue:
         by_type: dict[str, list[int]] = {}
         for i, task in enumerate(tasks):
             by_type.setdefault(task.task_type, []).append(i)
-        pipe = self.redis.pipeline(transaction=False)
-        for task_type, indexes in by_type.items():
-            self._enqueue_batch(task_type, [tasks[i] for i in indexes], 0.0, client=pipe)
+        answers = self._run_scripts([self._enqueue_call(task_type, [tasks[i] for i in indexes], 0.0)
+                                     for task_type, indexes in by_type.items()])
         out: list[Task | None] = [None] * len(tasks)
-        for (task_type, indexes), done in zip(by_type.items(), pipe.execute()):
+        for (task_type, indexes), done in zip(by_type.items(), answers):
             for i, ok in zip(indexes, done):
                 if ok:
                     out[i] = tasks[i]
         return out
 
-    def _enqueue_batch(self, task_type: str, tasks: Sequence[Task], delay: float, client: Any = None) -> Any:
+    def _enqueue_call(self, task_type: str, tasks: Sequence[Task], delay: float) -> tuple[Script, list[str], list[Any]]:
         if task_type not in self.task_types:
             raise ValueError(f"unknown task type {task_type!r}; known: {', '.join(self.task_types)}")
         keys = [self.keys.queue(task_type), self.keys.delayed(task_type)]
@@ -173,49 +190,69 @@ class TaskQueue:
             task.check()  # validated on the way in too
             keys.append(self.keys.dedup(task_type, task.campaign_id))
             args += [task.to_json(), task.task_id]
-        return self.scripts.enqueue(keys=keys, args=args, client=client)
+        return self.scripts.enqueue, keys, args
 
     # -- claim --------------------------------------------------------------------
 
     def claim(self, worker_id: str, queues: Sequence[str], count: int, block: float = 0.0) -> Claim:
         """Lease up to ``count`` tasks from ``queues`` (in order); block up to ``block`` s when all are empty.
 
-        Phase 1 (claim.lua) moves payloads into the worker's claiming list;
-        Python validates them; phase 2 (lease.lua) leases the valid ones. Only
-        lease.lua knows the task ids, so only it can name the lock keys.
+        Per task type: phase 1 (claim.lua) moves payloads into the worker's
+        claiming list of that type; Python validates them; phase 2 (lease.lua)
+        leases the valid ones. Only lease.lua knows the task ids, so only it
+        can name the lock keys. Each call touches one type's slot.
         """
-        claiming = self.keys.claiming(worker_id)
-        qkeys = [self.keys.queue(t) for t in queues]
-        raws = self.scripts.claim(keys=[claiming, *qkeys], args=[count])
-        if not raws and block > 0 and qkeys:
-            source = qkeys[self._rotation % len(qkeys)]
-            self._rotation += 1
-            if self.redis.blmove(source, claiming, block, "RIGHT", "LEFT") is None:
-                return Claim([], [])
-            raws = self.scripts.claim(keys=[claiming, *qkeys], args=[count])
-        return self._lease(worker_id, claiming, raws)
+        leases: list[Lease] = []
+        rejected: list[dict[str, Any]] = []
+        for task_type in queues:
+            if count and len(leases) >= count:
+                break  # count 0 (never the worker's) leases what each claiming list holds, nothing more
+            claimed = self._claim_type(worker_id, task_type, count - len(leases))
+            leases += claimed.leases
+            rejected += claimed.rejected
+        if leases or rejected or block <= 0 or not queues:
+            return Claim(leases, rejected)
+        task_type = queues[self._rotation % len(queues)]
+        self._rotation += 1
+        if self.redis.blmove(self.keys.queue(task_type), self.keys.claiming(task_type, worker_id), block,
+                             "RIGHT", "LEFT") is None:
+            return Claim([], [])
+        return self._claim_type(worker_id, task_type, count)
 
-    def _lease(self, worker_id: str, claiming: str, raws: Sequence[str]) -> Claim:
+    def _claim_type(self, worker_id: str, task_type: str, count: int) -> Claim:
+        claiming = self.keys.claiming(task_type, worker_id)
+        raws = self.scripts.claim(keys=[claiming, self.keys.queue(task_type)], args=[count])
+        return self._lease(worker_id, task_type, raws) if raws else Claim([], [])
+
+    def _parse_in(self, raw: str, task_type: str) -> Task:
+        """A payload found among ``task_type``'s keys; one naming another type is malformed (its keys live elsewhere)."""
+        task = Task.from_json(raw, self.task_types)
+        if task.task_type != task_type:
+            raise MalformedTask(f"task_type {task.task_type!r} found in the {task_type!r} queue")
+        return task
+
+    def _lease(self, worker_id: str, task_type: str, raws: Sequence[str]) -> Claim:
+        claiming = self.keys.claiming(task_type, worker_id)
         valid: list[tuple[str, Task]] = []
         rejected: list[dict[str, Any]] = []
         for raw in raws:
             try:
-                valid.append((raw, Task.from_json(raw, self.task_types)))
+                valid.append((raw, self._parse_in(raw, task_type)))
             except MalformedTask as exc:
                 entry = self.malformed_entry(raw, exc.reason, worker_id)
-                if self._reject(claiming, raw, entry):
+                if self._reject(task_type, claiming, raw, entry):
                     log.warning("malformed payload dead-lettered: %s", exc.reason)
                     rejected.append(entry)
         if not valid:
             return Claim([], rejected)
-        keys = [claiming, self.keys.leases, self.keys.wtasks(worker_id)]
+        keys = [claiming, self.keys.leases(task_type), self.keys.wtasks(task_type, worker_id)]
         args: list[Any] = [self.visibility_ms]
         values = []
         for raw, task in valid:
             value = f"{new_token()}:{worker_id}"
             values.append(value)
-            keys += [self.keys.inflight(task.task_type), self.keys.task_lock(task.task_id)]
-            args += [raw, task.task_id, task.task_type, value]
+            keys += [self.keys.inflight(task_type), self.keys.task_lock(task_type, task.task_id)]
+            args += [raw, task.task_id, task_type, value]
         done = self.scripts.lease(keys=keys, args=args)
         leases = []
         for (raw, task), value, ok in zip(valid, values, done):
@@ -226,9 +263,10 @@ class TaskQueue:
                          task.task_type, task.task_id)
         return Claim(leases, rejected)
 
-    def _reject(self, claiming: str, raw: str, entry: dict[str, Any]) -> bool:
-        return bool(self.scripts.reject(keys=[claiming, self.keys.failed, self.keys.op(new_op_id())],
-                                        args=[raw, json.dumps(entry), self.replay_ms]))
+    def _reject(self, task_type: str, claiming: str, raw: str, entry: dict[str, Any]) -> bool:
+        return bool(self.scripts.reject(
+            keys=[claiming, self.keys.failed(task_type), self.keys.op(task_type, new_op_id())],
+            args=[raw, json.dumps(entry), self.replay_ms]))
 
     # -- settle (fenced) ------------------------------------------------------------
 
@@ -242,31 +280,32 @@ class TaskQueue:
         A stale lease (its token no longer holds the lock) is rejected on its
         own; the others are settled all the same.
         """
-        if not leases:
-            return []
         keys = self.keys
-        lease_keys: list[str] = [keys.leases]
-        args: list[Any] = [self.replay_ms]
-        for lease in leases:
-            task = lease.task
-            lease_keys += [keys.task_lock(task.task_id), keys.inflight(task.task_type),
-                           keys.dedup(task.task_type, task.campaign_id), keys.wtasks(lease.worker_id)]
-            args += [lease.token, task.task_id, task.task_type]
-        return [x == 1 for x in self.scripts.ack(keys=lease_keys, args=args)]
+        calls = []
+        groups = _by_type(leases)
+        for task_type, group in groups.items():
+            lease_keys: list[str] = [keys.leases(task_type)]
+            args: list[Any] = [self.replay_ms]
+            for lease in (leases[i] for i in group):
+                task = lease.task
+                lease_keys += [keys.task_lock(task_type, task.task_id), keys.inflight(task_type),
+                               keys.dedup(task_type, task.campaign_id), keys.wtasks(task_type, lease.worker_id)]
+                args += [lease.token, task.task_id, task_type]
+            calls.append((self.scripts.ack, lease_keys, args))
+        return _ungroup(leases, groups, self._run_scripts(calls))
 
-    def renew(self, leases: Sequence[Lease], client: Any = None) -> list[bool] | None:
-        """Extend every lease; with ``client`` (a pipeline) only queue the calls and return None."""
-        pipe = client if client is not None else self.redis.pipeline(transaction=False)
-        for lease in leases:
-            task = lease.task
-            self.scripts.renew(
-                keys=[self.keys.task_lock(task.task_id), self.keys.leases],
-                args=[lease.token, self.visibility_ms, task_key(task.task_type, task.task_id)],
-                client=pipe,
-            )
-        if client is not None:
-            return None
-        return [bool(x) for x in pipe.execute()]
+    def renew(self, leases: Sequence[Lease]) -> list[bool]:
+        """Extend every lease (one renew.lua call per task type); one fenced result per lease, in order."""
+        calls = []
+        groups = _by_type(leases)
+        for task_type, group in groups.items():
+            keys = [self.keys.leases(task_type)]
+            args: list[Any] = [self.visibility_ms]
+            for lease in (leases[i] for i in group):
+                keys.append(self.keys.task_lock(task_type, lease.task.task_id))
+                args += [lease.token, task_key(task_type, lease.task.task_id)]
+            calls.append((self.scripts.renew, keys, args))
+        return _ungroup(leases, groups, self._run_scripts(calls))
 
     def release(self, lease: Lease, *, lease_loss: bool = False) -> bool:
         """Back to the front of its ready list, untouched (or counted as a lease loss)."""
@@ -276,9 +315,10 @@ class TaskQueue:
         return self._release_as(lease, task)
 
     def _release_as(self, lease: Lease, task: Task) -> bool:
+        t = task.task_type
         return bool(self.scripts.requeue(
-            keys=[self.keys.task_lock(task.task_id), self.keys.inflight(task.task_type), self.keys.leases,
-                  self.keys.queue(task.task_type), self.keys.wtasks(lease.worker_id)],
+            keys=[self.keys.task_lock(t, task.task_id), self.keys.inflight(t), self.keys.leases(t),
+                  self.keys.queue(t), self.keys.wtasks(t, lease.worker_id)],
             args=[lease.token, task.task_id, task.task_type, task.to_json(), self.replay_ms],
         ))
 
@@ -287,9 +327,10 @@ class TaskQueue:
         task = lease.task
         if spend_attempt:
             task = attrs.evolve(task, retry_count=task.retry_count + 1)
+        t = task.task_type
         return bool(self.scripts.retry(
-            keys=[self.keys.task_lock(task.task_id), self.keys.inflight(task.task_type), self.keys.leases,
-                  self.keys.delayed(task.task_type), self.keys.wtasks(lease.worker_id)],
+            keys=[self.keys.task_lock(t, task.task_id), self.keys.inflight(t), self.keys.leases(t),
+                  self.keys.delayed(t), self.keys.wtasks(t, lease.worker_id)],
             args=[lease.token, task.task_id, task.task_type, task.to_json(), max(0, int(delay * 1000)),
                   self.replay_ms],
         ))
@@ -301,9 +342,10 @@ class TaskQueue:
 
     def _dead_letter(self, lease: Lease, entry_json: str) -> bool:
         task = lease.task
+        t = task.task_type
         return bool(self.scripts.dead_letter(
-            keys=[self.keys.task_lock(task.task_id), self.keys.inflight(task.task_type), self.keys.leases,
-                  self.keys.failed, self.keys.dedup(task.task_type, task.campaign_id), self.keys.wtasks(lease.worker_id)],
+            keys=[self.keys.task_lock(t, task.task_id), self.keys.inflight(t), self.keys.leases(t),
+                  self.keys.failed(t), self.keys.dedup(t, task.campaign_id), self.keys.wtasks(t, lease.worker_id)],
             args=[lease.token, task.task_id, task.task_type, entry_json, self.replay_ms],
         ))
 
@@ -342,9 +384,12 @@ class TaskQueue:
     # -- recovery primitives ----------------------------------------------------------
 
     def lapsed(self, limit: int = 1000) -> list[tuple[str, str]]:
-        """(task_type, task_id) of leases whose deadline passed, on the server's clock."""
-        members = self.redis.zrangebyscore(self.keys.leases, "-inf", self.server_ms(), start=0, num=limit)
-        return [split_task_key(m) for m in members]
+        """(task_type, task_id) of leases whose deadline passed, on the server's clock (up to ``limit`` per type)."""
+        now = self.server_ms()
+        pipe = self.redis.pipeline(transaction=False)
+        for t in self.task_types:
+            pipe.zrangebyscore(self.keys.leases(t), "-inf", now, start=0, num=limit)
+        return [split_task_key(m) for members in pipe.execute() for m in members]
 
     def recover_lapsed(self, task_type: str, task_id: str) -> Settled:
         """Take back a task whose lease deadline passed (recover.lua re-checks that on the server)."""
@@ -355,7 +400,7 @@ class TaskQueue:
         """Take back a task held by a worker judged dead, while the verdict still holds on the server."""
         worker_id = judgement.worker_id
         pipe = self.redis.pipeline(transaction=False)
-        pipe.get(self.keys.task_lock(task_id))
+        pipe.get(self.keys.task_lock(task_type, task_id))
         pipe.hget(self.keys.inflight(task_type), task_id)
         value, raw = pipe.execute()
         if not value or value.startswith("~") or value.split(":", 1)[-1] != worker_id or raw is None:
@@ -370,7 +415,7 @@ class TaskQueue:
         decision: AfterLoss | None = None
         if raw is not None:
             try:
-                task = Task.from_json(raw, self.task_types)
+                task = self._parse_in(raw, task_type)
             except MalformedTask as exc:  # leased payloads were validated; a hand-edited hash is all that is left
                 entry = self.malformed_entry(raw, exc.reason, holder)
                 decision = AfterLoss("dead", Task(task_id, 1, task_type), json.dumps(entry), entry)
@@ -378,13 +423,13 @@ class TaskQueue:
                 decision = self.after_lost_lease(task, holder)
         # With nothing in flight the script only drops a stale lease entry (mode lapsed).
         action = decision.action if decision else "requeue"
-        script_keys = [keys.task_lock(task_id), keys.inflight(task_type), keys.leases,
-                       keys.queue(task_type) if action == "requeue" else keys.failed,
+        script_keys = [keys.task_lock(task_type, task_id), keys.inflight(task_type), keys.leases(task_type),
+                       keys.queue(task_type) if action == "requeue" else keys.failed(task_type),
                        keys.dedup(task_type, task.campaign_id if task else 0)]
         if holder:
-            script_keys.append(keys.wtasks(holder))
+            script_keys.append(keys.wtasks(task_type, holder))
         if judgement is not None:
-            script_keys.append(keys.worker(judgement.worker_id))
+            script_keys.append(keys.liveness(task_type, judgement.worker_id))
         done = self.scripts.recover(keys=script_keys, args=[
             mode, task_id, task_type, raw or "", action, decision.push if decision else "", new_op_id(),
             self.replay_ms, *extra])
@@ -395,47 +440,68 @@ class TaskQueue:
         return Settled("requeued", decision.task)
 
     def recover_claiming(self, worker_id: str, judgement: Judgement | None = None) -> list[Settled]:
-        """Put back what a worker moved into its claiming list but never leased.
+        """Put back what a worker moved into its claiming lists but never leased.
 
         With ``judgement`` (recovery, for a worker it judged dead) each move
-        re-checks the verdict on the server; without it (the worker itself, at
+        re-checks the verdict on the server, against the copy of the worker's
+        liveness key in that type's slot; without it (the worker itself, at
         shutdown) it does not.
         """
-        claiming = self.keys.claiming(worker_id)
+        pipe = self.redis.pipeline(transaction=False)
+        for t in self.task_types:
+            pipe.lrange(self.keys.claiming(t, worker_id), 0, -1)
         out = []
-        for raw in self.redis.lrange(claiming, 0, -1):
-            try:
-                task = Task.from_json(raw, self.task_types)
-            except MalformedTask as exc:
-                entry = self.malformed_entry(raw, exc.reason, worker_id)
-                if self._reject(claiming, raw, entry):
-                    out.append(Settled("dead", None, entry))
-                continue
-            decision = self.after_lost_lease(task, worker_id)
-            dead = decision.action == "dead"
-            keys = [claiming, self.keys.failed if dead else self.keys.queue(task.task_type),
-                    self.keys.op(new_op_id()), self.keys.dedup(task.task_type, task.campaign_id)]
-            args: list[Any] = [raw, decision.push, task.task_id if dead else "", self.replay_ms]
-            if judgement is not None:
-                keys.append(self.keys.worker(worker_id))
-                args += [judgement.liveness, judgement.at_ms, judgement.max_age_ms]
-            if self.scripts.unclaim(keys=keys, args=args):
-                out.append(Settled("dead", task, decision.entry) if dead else Settled("requeued", decision.task))
+        for task_type, raws in zip(self.task_types, pipe.execute()):
+            for raw in raws:
+                settled = self._unclaim(task_type, worker_id, raw, judgement)
+                if settled is not None:
+                    out.append(settled)
         return out
 
+    def _unclaim(self, task_type: str, worker_id: str, raw: str, judgement: Judgement | None) -> Settled | None:
+        claiming = self.keys.claiming(task_type, worker_id)
+        try:
+            task = self._parse_in(raw, task_type)
+        except MalformedTask as exc:
+            entry = self.malformed_entry(raw, exc.reason, worker_id)
+            return Settled("dead", None, entry) if self._reject(task_type, claiming, raw, entry) else None
+        decision = self.after_lost_lease(task, worker_id)
+        dead = decision.action == "dead"
+        keys = [claiming, self.keys.failed(task_type) if dead else self.keys.queue(task_type),
+                self.keys.op(task_type, new_op_id()), self.keys.dedup(task_type, task.campaign_id)]
+        args: list[Any] = [raw, decision.push, task.task_id if dead else "", self.replay_ms]
+        if judgement is not None:
+            keys.append(self.keys.liveness(task_type, worker_id))
+            args += [judgement.liveness, judgement.at_ms, judgement.max_age_ms]
+        if not self.scripts.unclaim(keys=keys, args=args):
+            return None
+        return Settled("dead", task, decision.entry) if dead else Settled("requeued", decision.task)
+
+    def holds_anything(self, worker_id: str) -> bool:
+        """Whether any task type's held set or claiming list of ``worker_id`` is not empty."""
+        pipe = self.redis.pipeline(transaction=False)
+        for t in self.task_types:
+            pipe.scard(self.keys.wtasks(t, worker_id))
+            pipe.llen(self.keys.claiming(t, worker_id))
+        return any(pipe.execute())
+
     def unregister(self, worker_id: str, liveness: str) -> bool:
-        """Forget a worker judged dead (liveness value as read with the verdict) once it holds nothing."""
-        return bool(self.scripts.unregister(
-            keys=[self.keys.workers, self.keys.worker(worker_id), self.keys.wtasks(worker_id),
-                  self.keys.claiming(worker_id)],
-            args=[worker_id, liveness]))
+        """Forget a worker judged dead (liveness value as read with the verdict) once it holds nothing.
+
+        The held sets and claiming lists live in each type's slot, so they are
+        checked first, apart: a worker judged dead claims nothing meanwhile,
+        and one that was not dead after all beats again and re-registers.
+        """
+        if self.holds_anything(worker_id):
+            return False
+        return bool(self.scripts.unregister(keys=[self.keys.workers, self.keys.worker(worker_id)],
+                                            args=[worker_id, liveness]))
 
     def promote_due(self, task_types: Sequence[str] | None = None, limit: int = PROMOTE_BATCH) -> int:
-        """Move due delayed tasks to their ready lists; returns how many moved."""
-        keys: list[str] = [self.keys.op(new_op_id())]
-        for t in task_types or self.task_types:
-            keys += [self.keys.delayed(t), self.keys.queue(t)]
-        return int(self.scripts.promote(keys=keys, args=[limit, self.replay_ms])) if len(keys) > 1 else 0
+        """Move due delayed tasks to their ready lists; returns how many moved (one call per task type)."""
+        calls = [(self.scripts.promote, [self.keys.op(t, new_op_id()), self.keys.delayed(t), self.keys.queue(t)],
+                  [limit, self.replay_ms]) for t in (task_types or self.task_types)]
+        return sum(int(n) for n in self._run_scripts(calls)) if calls else 0
 
     def defer_hook(self, task: Task | None, reason: str, error: str | None) -> None:
         """Keep a dead-letter hook that could not run (its database was down) for recovery to run again."""
@@ -474,14 +540,15 @@ class TaskQueue:
             pipe.llen(self.keys.queue(t))
             pipe.hlen(self.keys.inflight(t))
             pipe.zcard(self.keys.delayed(t))
-        pipe.llen(self.keys.failed)
+        for key in self.dlq_keys():
+            pipe.llen(key)
         counts = pipe.execute()
         queues = {
             t: {"key": self.keys.queue(t), "ready": counts[3 * i], "in_flight": counts[3 * i + 1],
                 "delayed": counts[3 * i + 2]}
             for i, t in enumerate(self.task_types)
         }
-        return {"queues": queues, "dead_letters": counts[-1]}
+        return {"queues": queues, "dead_letters": sum(counts[3 * len(self.task_types):])}
 
     # -- dead letters ---------------------------------------------------------------
 
@@ -521,13 +588,23 @@ class TaskQueue:
             "worker_id": worker_id,
         }
 
-    def _dlq_raw(self) -> list[str]:
-        return self.redis.lrange(self.keys.failed, 0, -1)
+    def dlq_keys(self) -> list[str]:
+        """Every dead-letter list: one per task type, and the one for payloads of no known type."""
+        return [*(self.keys.failed(t) for t in self.task_types), self.keys.failed_untyped]
+
+    def _dlq_raw(self) -> list[tuple[str, str]]:
+        """(list key, raw entry) of every dead letter, oldest first across the lists."""
+        pipe = self.redis.pipeline(transaction=False)
+        keys = self.dlq_keys()
+        for key in keys:
+            pipe.lrange(key, 0, -1)
+        found = [(key, raw) for key, raws in zip(keys, pipe.execute()) for raw in raws]
+        return sorted(found, key=lambda item: _entry_time(item[1]))  # stable: each list's own order is kept
 
     def dlq_list(self, limit: int | None = None) -> list[dict[str, Any]]:
         """Dead-letter entries, oldest first (a stored entry that is not JSON is shown as ``raw``)."""
-        raws = self.redis.lrange(self.keys.failed, 0, -1 if limit is None else limit - 1)
-        return [_parse_entry(raw) for raw in raws]
+        raws = [raw for _, raw in self._dlq_raw()]
+        return [_parse_entry(raw) for raw in (raws if limit is None else raws[:limit])]
 
     def dlq_requeue(self, entry_id: str | None = None) -> dict[str, list[str]]:
         """Enqueue a fresh task (retry_count 0, new task_id) for one entry (``id`` or task id) or all.
@@ -539,7 +616,7 @@ class TaskQueue:
         """
         out: dict[str, list[str]] = {"requeued": [], "already_live": [], "unusable": [], "not_found": []}
         found = False
-        for raw in self._dlq_raw():
+        for key, raw in self._dlq_raw():
             entry = _parse_entry(raw)
             ids = {str(entry.get("id"))}
             if isinstance(entry.get("task"), dict):
@@ -552,10 +629,13 @@ class TaskQueue:
             if task_type not in self.task_types or not isinstance(cid, int) or isinstance(cid, bool) or cid <= 0:
                 out["unusable"].append(label)
                 continue
+            if key != self.keys.failed(task_type) and self.cluster:
+                out["unusable"].append(label)  # not in its type's slot: only `campaignctl upgrade-redis` moves it
+                continue
             task = Task.new(task_type, cid)  # no run id: it works on whatever run the campaign is on now
             result = self.scripts.dlq_requeue(
-                keys=[self.keys.failed, self.keys.queue(task_type), self.keys.dedup(task_type, cid),
-                      self.keys.op(new_op_id())],
+                keys=[key, self.keys.queue(task_type), self.keys.dedup(task_type, cid),
+                      self.keys.op(task_type, new_op_id())],
                 args=[raw, task.to_json(), task.task_id, self.replay_ms],
             )
             {1: out["requeued"], 2: out["already_live"]}.get(int(result), out["not_found"]).append(label)
@@ -564,11 +644,40 @@ class TaskQueue:
         return out
 
     def dlq_purge(self) -> int:
-        """Delete every dead letter; returns how many there were."""
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.llen(self.keys.failed)
-        pipe.delete(self.keys.failed)
-        return int(pipe.execute()[0])
+        """Delete every dead letter; returns how many there were (one transaction per list: its own slot)."""
+        purged = 0
+        for key in self.dlq_keys():
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.llen(key)
+            pipe.delete(key)
+            purged += int(pipe.execute()[0])
+        return purged
+
+
+def _by_type(leases: Sequence[Lease]) -> dict[str, list[int]]:
+    """Indexes of ``leases`` by task type, in order of first appearance (one script call per type)."""
+    groups: dict[str, list[int]] = {}
+    for i, lease in enumerate(leases):
+        groups.setdefault(lease.task.task_type, []).append(i)
+    return groups
+
+
+def _ungroup(leases: Sequence[Lease], groups: dict[str, list[int]], answers: Sequence[Sequence[Any]]) -> list[bool]:
+    """Per-type answers (lists of 1/0) back in the order of ``leases``."""
+    out = [False] * len(leases)
+    for indexes, answer in zip(groups.values(), answers):
+        for i, x in zip(indexes, answer):
+            out[i] = x == 1
+    return out
+
+
+def _entry_time(raw: str) -> float:
+    """A dead letter's ``at`` (0 when unreadable: such entries sort first)."""
+    try:
+        at = json.loads(raw).get("at")
+    except (ValueError, AttributeError):
+        return 0.0
+    return float(at) if isinstance(at, (int, float)) and not isinstance(at, bool) else 0.0
 
 
 def _parse_entry(raw: str) -> dict[str, Any]:

@@ -165,14 +165,13 @@ class RateLimiter:
         """Per API, on the server clock: rate (scaled, /s), burst, tokens now (below 0: promised to callers
         asleep until their slot), reserved (how many), wait (s a caller asking now would sleep), paused until
         (server time, s, or None) and paused for (s), at (the server time of the answer, s)."""
+        sec, usec = self.redis.time()  # apart: a cluster pipeline refuses TIME
+        now = int(sec) * US + int(usec)
         pipe = self.redis.pipeline(transaction=False)
-        pipe.time()
         for api in self.limits:
             for key in self._bucket(api):
                 pipe.get(key)
-        values = pipe.execute()
-        sec, usec = values[0]
-        now = int(sec) * US + int(usec)
+        values = [None, *pipe.execute()]
         out = {}
         for i, (api, limit) in enumerate(self.limits.items()):
             tokens_raw, last_raw, paused_raw = values[1 + 3 * i: 4 + 3 * i]

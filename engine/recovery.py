@@ -39,7 +39,7 @@ import attrs
 import redis
 
 from engine import metrics
-from engine.connection import connection_name
+from engine.connection import connection_name, is_cluster
 from engine.errors import OutageTest
 from engine.keys import split_task_key
 from engine.loop import ServiceLoop, StopFlag
@@ -203,13 +203,12 @@ class Recovery(ServiceLoop):
         self._server_run_id = run_id
         registered = self.redis.hgetall(self.keys.workers)
         ids = sorted(registered)
+        # Read before the liveness keys: the verdict's age counts from no later than its reading.
+        at_ms = self.queue.server_ms()
         pipe = self.redis.pipeline(transaction=False)
-        pipe.time()
         for worker_id in ids:
             pipe.get(self.keys.worker(worker_id))
-        sec, usec = (out := pipe.execute())[0]
-        at_ms = int(sec) * 1000 + int(usec) // 1000
-        liveness = dict(zip(ids, out[1:]))
+        liveness = dict(zip(ids, pipe.execute()))
         connected = self._connected_names(ids, registered) if ids else None
         now = self._clock()
         gap = now - self._last_seen if self._last_seen is not None else 0.0
@@ -231,6 +230,10 @@ class Recovery(ServiceLoop):
         return dead
 
     def _server_run(self) -> str:
+        """The server's run id; on a cluster, every primary's (a failover promotes a replica: a new one)."""
+        if is_cluster(self.redis):
+            infos = self.redis.info("server", target_nodes=self.redis.PRIMARIES)  # type: ignore[call-arg]
+            return ",".join(sorted(str(i.get("run_id", "")) for i in infos.values()))
         info = self.redis.info("server")
         return str(info.get("run_id", ""))
 
@@ -240,7 +243,12 @@ class Recovery(ServiceLoop):
             return None
         own = connection_name(self.redis)
         try:
-            names = {c.get("name", "") for c in self.redis.client_list()}
+            if is_cluster(self.redis):
+                # A worker's connections spread over the shards it talks to: alive while any is left.
+                per_node = self.redis.client_list(target_nodes=self.redis.PRIMARIES)  # type: ignore[call-arg]
+                names = {c.get("name", "") for clients in per_node.values() for c in clients}
+            else:
+                names = {c.get("name", "") for c in self.redis.client_list()}
         except redis.ResponseError as exc:
             self._disable_client_list(f"CLIENT LIST is refused ({exc})")
             return None
@@ -261,13 +269,18 @@ class Recovery(ServiceLoop):
         """Take back a dead worker's leased and half-claimed tasks, then unregister it."""
         worker_id = judgement.worker_id
         out = []
-        wtasks = self.keys.wtasks(worker_id)
-        for member in self.redis.smembers(wtasks):
-            task_type, task_id = split_task_key(member)
-            settled = self.queue.recover_held(judgement, task_type, task_id)
-            if settled.action == "skipped" and not self._holds(worker_id, task_id):
-                self.redis.srem(wtasks, member)  # settled, lapsed or another worker's now: a stale member
-            out.append(settled)
+        types = self.queue.task_types
+        pipe = self.redis.pipeline(transaction=False)
+        for t in types:
+            pipe.smembers(self.keys.wtasks(t, worker_id))
+        for t, members in zip(types, pipe.execute()):
+            wtasks = self.keys.wtasks(t, worker_id)
+            for member in members:
+                task_type, task_id = split_task_key(member)
+                settled = self.queue.recover_held(judgement, t, task_id) if task_type == t else Settled("skipped")
+                if settled.action == "skipped" and not self._holds(worker_id, t, task_id):
+                    self.redis.srem(wtasks, member)  # settled, lapsed or another worker's now: a stale member
+                out.append(settled)
         out += self.queue.recover_claiming(worker_id, judgement)
         done = self.queue.unregister(worker_id, judgement.liveness)
         how = "no liveness key" if not judgement.liveness else "none of its connections is left"
@@ -275,8 +288,8 @@ class Recovery(ServiceLoop):
                     sum(1 for s in out if s.action != "skipped"), "" if done else ", still registered")
         return out
 
-    def _holds(self, worker_id: str, task_id: str) -> bool:
-        value = self.redis.get(self.keys.task_lock(task_id))
+    def _holds(self, worker_id: str, task_type: str, task_id: str) -> bool:
+        value = self.redis.get(self.keys.task_lock(task_type, task_id))
         return bool(value) and not value.startswith("~") and value.split(":", 1)[-1] == worker_id
 
     def reconcile_once(self) -> int:

@@ -235,7 +235,7 @@ class Worker:
             self._slot_free.wait(BURST_BLOCK)
             self._slot_free.clear()
             return False
-        if self.queue.pending(self._controls.active(self.queues)) or self.redis.llen(self.keys.claiming(self.worker_id)):
+        if self.queue.pending(self._controls.active(self.queues)) or self.queue.holds_anything(self.worker_id):
             self._stop.wait(BURST_BLOCK)  # delayed tasks not yet due
             return False
         return True
@@ -287,12 +287,14 @@ class Worker:
             for thread in self._threads:
                 thread.join(timeout=1.0)
         try:
-            if self.redis.llen(self.keys.claiming(self.worker_id)):
-                self.queue.recover_claiming(self.worker_id)
+            self.queue.recover_claiming(self.worker_id)
             pipe = self.redis.pipeline(transaction=False)
             pipe.delete(self.keys.worker(self.worker_id))
             pipe.hdel(self.keys.workers, self.worker_id)
-            pipe.delete(self.keys.wtasks(self.worker_id))  # only stale members are left: all was settled
+            for t in self.queue.task_types:
+                # Only stale members are left: all was settled.
+                pipe.delete(self.keys.wtasks(t, self.worker_id))
+                pipe.delete(self.keys.liveness(t, self.worker_id))
             pipe.execute()
         except redis.RedisError as exc:
             log.warning("could not unregister %s (%s); recovery will", self.worker_id, exc)
@@ -529,7 +531,7 @@ class Worker:
             self._beat_outage.failed(exc)
             return
         self._beat_outage.ok()
-        for job, ok in zip(jobs, results[2:]):
+        for job, ok in zip(jobs, results):
             # A job settled meanwhile has no lock to renew; one waiting for its ack learns of a lost lease from the ack.
             if not ok and not job.finished and self._still_running(job):
                 if job.ctx is not None:
@@ -537,13 +539,23 @@ class Worker:
                 log.warning("lease lost: %s %s was taken away while running", job.lease.task.task_type,
                             job.lease.task.task_id)
 
-    def _beat_once(self, jobs: list[_Job]) -> list[Any]:
+    def _beat_once(self, jobs: list[_Job]) -> list[bool]:
+        """The liveness key (and its copy in each consumed type's slot, for recovery's scripts), the registry
+        entry, then every held lease (one renew call per task type)."""
+        value, ttl = str(time.time()), max(1, int(self.settings.liveness_ttl * 1000))
         pipe = self.redis.pipeline(transaction=False)
-        pipe.set(self.keys.worker(self.worker_id), str(time.time()),
-                 px=max(1, int(self.settings.liveness_ttl * 1000)))
+        pipe.set(self.keys.worker(self.worker_id), value, px=ttl)
         pipe.hset(self.keys.workers, self.worker_id, json.dumps(self.info()))
-        self.queue.renew([j.lease for j in jobs], client=pipe)
-        return pipe.execute()
+        for t in self._liveness_types():
+            pipe.set(self.keys.liveness(t, self.worker_id), value, px=ttl)
+        pipe.execute()
+        return self.queue.renew([j.lease for j in jobs])
+
+    def _liveness_types(self) -> set[str]:
+        """The types whose slots need this worker's liveness copy: those it claims and those it holds."""
+        with self._lock:
+            held = {j.lease.task.task_type for j in self._jobs.values()}
+        return set(self.queues) | held
 
     def _still_running(self, job: _Job) -> bool:
         with self._lock:

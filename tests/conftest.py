@@ -14,7 +14,7 @@ import pytest
 import redis
 from sqlalchemy import Engine
 
-from tests.servers import PostgresServer, RedisServer, serve_or_fail
+from tests.servers import PostgresServer, RedisClusterServer, RedisServer, serve_or_fail
 from workflow.db import make_engine
 from workflow.models import Base
 from workflow.store import CampaignStore
@@ -28,6 +28,12 @@ def redis_server() -> Iterator[RedisServer]:
 @pytest.fixture(scope="session")
 def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterServer]:
+    """A Redis Cluster of 3 masters and 3 replicas on loopback, for the session (started on first use)."""
+    yield from serve_or_fail(RedisClusterServer)
 
 
 @pytest.fixture

@@ -3,12 +3,12 @@ what its handlers finished since the last call). Fenced per task: each task is
 settled only while its lease holds the caller's lock value; a stale one changes
 nothing and the others are still settled. Replay-safe (take_leased's tombstone).
 
-KEYS[1] zset    {P}:leases
+KEYS[1] zset    {P:T}:leases
 then per task i (i = 1..n), four keys:
-KEYS[4i-2] string  {P}:task_lock:<task_id>
-KEYS[4i-1] hash    {P}:inflight:<type>
-KEYS[4i]   string  {P}:dedup:<type>:<cid>
-KEYS[4i+1] set     {P}:wtasks:<worker>
+KEYS[4i-2] string  {P:T}:task_lock:<task_id>
+KEYS[4i-1] hash    {P:T}:inflight
+KEYS[4i]   string  {P:T}:dedup:<cid>
+KEYS[4i+1] set     {P:T}:wtasks:<worker>
 ARGV[1] replay window in ms (how long the tombstone lives)
 per task i, three values:
 ARGV[3i-1] the caller's lock value (<token>:<worker>)

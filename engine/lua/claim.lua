@@ -5,8 +5,8 @@ list (including leftovers of an earlier claim that was never leased).
 Nothing is lost if the worker dies after this: recovery requeues the claiming
 list of a worker whose liveness key is gone.
 
-KEYS[1]   list  {P}:claiming:<worker>
-KEYS[2..] list  {P}:queue:<type>, in the order to drain them
+KEYS[1]   list  {P:T}:claiming:<worker>
+KEYS[2..] list  {P:T}:queue, in the order to drain them
 ARGV[1]   N, most payloads to move
 returns   the claiming list, oldest first
 ]]

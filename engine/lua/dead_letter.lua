@@ -2,12 +2,12 @@
 reason (a permanent failure, exhausted retries, lost too many leases). Fenced,
 replay-safe: a replayed call answers 1 again, so the caller's failure hook runs.
 
-KEYS[1] string  {P}:task_lock:<task_id>
-KEYS[2] hash    {P}:inflight:<type>
-KEYS[3] zset    {P}:leases
-KEYS[4] list    {P}:failed_tasks
-KEYS[5] string  {P}:dedup:<type>:<cid>
-KEYS[6] set     {P}:wtasks:<worker>
+KEYS[1] string  {P:T}:task_lock:<task_id>
+KEYS[2] hash    {P:T}:inflight
+KEYS[3] zset    {P:T}:leases
+KEYS[4] list    {P:T}:failed_tasks
+KEYS[5] string  {P:T}:dedup:<cid>
+KEYS[6] set     {P:T}:wtasks:<worker>
 ARGV[1] the caller's lock value (<token>:<worker>)
 ARGV[2] task_id
 ARGV[3] task_type

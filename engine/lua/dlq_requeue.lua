@@ -1,10 +1,10 @@
 --[[ dlq_requeue: take one entry out of the dead letters and enqueue a fresh task
-for it (retry_count 0, new task_id, fresh dedup). Replay-safe through {P}:op:<id>.
+for it (retry_count 0, new task_id, fresh dedup). Replay-safe through {P:T}:op:<id>.
 
-KEYS[1] list    {P}:failed_tasks
-KEYS[2] list    {P}:queue:<type>
-KEYS[3] string  {P}:dedup:<type>:<cid>
-KEYS[4] string  {P}:op:<op id>
+KEYS[1] list    {P:T}:failed_tasks
+KEYS[2] list    {P:T}:queue
+KEYS[3] string  {P:T}:dedup:<cid>
+KEYS[4] string  {P:T}:op:<op id>
 ARGV[1] the dead-letter entry, exactly as stored
 ARGV[2] the new payload
 ARGV[3] the new task_id

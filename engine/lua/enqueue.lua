@@ -4,9 +4,9 @@ the client sends one command. The dedup key lives exactly as long as its task (n
 TTL): ack and dead-letter delete it. Replay-safe: a replayed call finds each task's
 own id in its dedup key and answers 1 for it again.
 
-KEYS[1]     list    {P}:queue:<type>       ready list (LPUSH: the back)
-KEYS[2]     zset    {P}:delayed:<type>     delayed set, scored by due time (ms)
-KEYS[2+i]   string  {P}:dedup:<type>:<cid> task_id of the live task, per task i (i = 1..n)
+KEYS[1]     list    {P:T}:queue       ready list (LPUSH: the back)
+KEYS[2]     zset    {P:T}:delayed     delayed set, scored by due time (ms)
+KEYS[2+i]   string  {P:T}:dedup:<cid> task_id of the live task, per task i (i = 1..n)
 ARGV[1]     delay in ms (0: ready now)
 ARGV[2i]    payload (JSON) of task i
 ARGV[2i+1]  task_id of task i

@@ -3,12 +3,12 @@ caller) into leased, in-flight tasks, each under a lock value the CLIENT made
 (<token>:<worker>, the token random): a replayed call finds its own lock and
 answers success again instead of minting a token the worker never learns.
 
-KEYS[1] list    {P}:claiming:<worker>
-KEYS[2] zset    {P}:leases                 member <type>:<task_id>, score deadline (ms)
-KEYS[3] set     {P}:wtasks:<worker>        what this worker holds
+KEYS[1] list    {P:T}:claiming:<worker>
+KEYS[2] zset    {P:T}:leases                 member <type>:<task_id>, score deadline (ms)
+KEYS[3] set     {P:T}:wtasks:<worker>        what this worker holds
 then per task i (i = 1..n), two keys:
-KEYS[2+2i] hash    {P}:inflight:<type>     task_id -> payload
-KEYS[3+2i] string  {P}:task_lock:<task_id> lease
+KEYS[2+2i] hash    {P:T}:inflight     task_id -> payload
+KEYS[3+2i] string  {P:T}:task_lock:<task_id> lease
 ARGV[1] visibility timeout in ms
 then per task i, four values:
 ARGV[4i-2] raw payload (as in the claiming list)

@@ -1,9 +1,9 @@
 --[[ promote: move due tasks from delayed sets to the back of their ready lists.
-Replay-safe through {P}:op:<id> (a replayed call answers the count of the first).
+Replay-safe through {P:T}:op:<id> (a replayed call answers the count of the first).
 
-KEYS[1]     string  {P}:op:<op id>
-KEYS[2i]    zset    {P}:delayed:<type>
-KEYS[2i+1]  list    {P}:queue:<type>
+KEYS[1]     string  {P:T}:op:<op id>
+KEYS[2i]    zset    {P:T}:delayed
+KEYS[2i+1]  list    {P:T}:queue
 ARGV[1] most payloads to move per delayed set
 ARGV[2] replay window in ms
 returns how many moved in all

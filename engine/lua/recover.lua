@@ -4,7 +4,7 @@ this one call, so any number of recovery loops are safe; it never takes a lock i
 did not see lapse:
 
 - mode 'lapsed': only if the lock is gone (or a tombstone) AND the lease's deadline
-  in {P}:leases has passed on the server clock;
+  in {P:T}:leases has passed on the server clock;
 - mode 'dead': only if the lock still holds the value recovery read (naming the
   holder it judged dead) AND the holder's liveness key still holds the value read
   with that judgement ('' = gone), AND the judgement is fresh on the server clock
@@ -14,13 +14,13 @@ Both: only if the in-flight payload is still the one the caller computed its
 decision from (compare-and-set), so a payload changed meanwhile is left alone.
 Replay-safe: the lock is replaced by the tombstone ~<action>:<op id>.
 
-KEYS[1] string  {P}:task_lock:<task_id>
-KEYS[2] hash    {P}:inflight:<type>
-KEYS[3] zset    {P}:leases
-KEYS[4] list    {P}:queue:<type>   (action requeue) or {P}:failed_tasks (action dead)
-KEYS[5] string  {P}:dedup:<type>:<cid>
-KEYS[6] set     {P}:wtasks:<worker>   (mode dead; in mode lapsed when the holder is known)
-KEYS[7] string  {P}:worker:<worker>   liveness key (mode dead)
+KEYS[1] string  {P:T}:task_lock:<task_id>
+KEYS[2] hash    {P:T}:inflight
+KEYS[3] zset    {P:T}:leases
+KEYS[4] list    {P:T}:queue   (action requeue) or {P:T}:failed_tasks (action dead)
+KEYS[5] string  {P:T}:dedup:<cid>
+KEYS[6] set     {P:T}:wtasks:<worker>   (mode dead; in mode lapsed when the holder is known)
+KEYS[7] string  {P:T}:worker:<worker>   the copy of its liveness key in this slot (mode dead)
 ARGV[1] mode: 'lapsed' or 'dead'
 ARGV[2] task_id
 ARGV[3] task_type

@@ -1,9 +1,9 @@
 --[[ reject: move a malformed payload from a claiming list to the dead letters.
-Replay-safe through {P}:op:<id>.
+Replay-safe through {P:T}:op:<id>.
 
-KEYS[1] list    {P}:claiming:<worker>
-KEYS[2] list    {P}:failed_tasks
-KEYS[3] string  {P}:op:<op id>
+KEYS[1] list    {P:T}:claiming:<worker>
+KEYS[2] list    {P:T}:failed_tasks
+KEYS[3] string  {P:T}:op:<op id>
 ARGV[1] the raw payload, exactly as found
 ARGV[2] the dead-letter entry (JSON with the reason)
 ARGV[3] replay window in ms

@@ -1,17 +1,26 @@
---[[ renew: extend a lease. Fenced: a zombie whose lease was taken cannot extend
-it. Replay-safe by nature (a second extension from the same moment changes nothing).
+--[[ renew: extend the leases a worker holds on tasks of one type (its heartbeat
+renews every lease it holds, one call per task type). Fenced per lease: a
+zombie whose lease was taken cannot extend it. Replay-safe by nature (a second
+extension from the same moment changes nothing).
 
-KEYS[1] string  {P}:task_lock:<task_id>
-KEYS[2] zset    {P}:leases
-ARGV[1] the caller's lock value
-ARGV[2] visibility timeout in ms
-ARGV[3] member <type>:<task_id>
-returns 1 renewed, 0 the lease was lost
+KEYS[1]   zset    {P:T}:leases
+KEYS[1+i] string  {P:T}:task_lock:<task_id>, per lease i (i = 1..n)
+ARGV[1]       visibility timeout in ms
+ARGV[2i]      the caller's lock value of lease i
+ARGV[2i+1]    member T:<task_id> of lease i
+returns one value per lease: 1 renewed, 0 the lease was lost
 ]]
 --- @include "server_time"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
-  return 0
+local vis = tonumber(ARGV[1])
+local deadline = now_ms() + vis
+local out = {}
+for i = 1, #KEYS - 1 do
+  local lock = KEYS[1 + i]
+  out[i] = 0
+  if redis.call('GET', lock) == ARGV[2 * i] then
+    redis.call('PEXPIRE', lock, vis)
+    redis.call('ZADD', KEYS[1], deadline, ARGV[2 * i + 1])
+    out[i] = 1
+  end
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('ZADD', KEYS[2], now_ms() + tonumber(ARGV[2]), ARGV[3])
-return 1
+return out

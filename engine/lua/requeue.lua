@@ -2,11 +2,11 @@
 (a release at shutdown, or a task given up after its time limit). Fenced, replay-safe.
 Recovery never uses this: it takes leases back with recover.lua.
 
-KEYS[1] string  {P}:task_lock:<task_id>
-KEYS[2] hash    {P}:inflight:<type>
-KEYS[3] zset    {P}:leases
-KEYS[4] list    {P}:queue:<type>
-KEYS[5] set     {P}:wtasks:<worker>
+KEYS[1] string  {P:T}:task_lock:<task_id>
+KEYS[2] hash    {P:T}:inflight
+KEYS[3] zset    {P:T}:leases
+KEYS[4] list    {P:T}:queue
+KEYS[5] set     {P:T}:wtasks:<worker>
 ARGV[1] the caller's lock value (<token>:<worker>)
 ARGV[2] task_id
 ARGV[3] task_type

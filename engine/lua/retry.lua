@@ -1,11 +1,11 @@
 --[[ retry: move a leased task to its delayed set, due after a delay (a retry
 with backoff, or a deferral for a rate limit or an outage). Fenced, replay-safe.
 
-KEYS[1] string  {P}:task_lock:<task_id>
-KEYS[2] hash    {P}:inflight:<type>
-KEYS[3] zset    {P}:leases
-KEYS[4] zset    {P}:delayed:<type>
-KEYS[5] set     {P}:wtasks:<worker>
+KEYS[1] string  {P:T}:task_lock:<task_id>
+KEYS[2] hash    {P:T}:inflight
+KEYS[3] zset    {P:T}:leases
+KEYS[4] zset    {P:T}:delayed
+KEYS[5] set     {P:T}:wtasks:<worker>
 ARGV[1] the caller's lock value (<token>:<worker>)
 ARGV[2] task_id
 ARGV[3] task_type

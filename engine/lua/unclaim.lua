@@ -3,13 +3,13 @@ leased) and put it back at the front of its ready list, or into the dead letters
 Used by recovery for a worker it judged dead — then only while the worker's
 liveness key still holds the value read with that judgement, on a fresh
 judgement — and by a worker for its own list at shutdown (no liveness key).
-Replay-safe through {P}:op:<id>.
+Replay-safe through {P:T}:op:<id>.
 
-KEYS[1] list    {P}:claiming:<worker>
-KEYS[2] list    {P}:queue:<type> (requeue) or {P}:failed_tasks (dead-letter)
-KEYS[3] string  {P}:op:<op id>
-KEYS[4] string  {P}:dedup:<type>:<cid>  (deleted when it names the task; '' key when dead-lettering nothing)
-KEYS[5] string  {P}:worker:<worker>     liveness key (optional: recovery only)
+KEYS[1] list    {P:T}:claiming:<worker>
+KEYS[2] list    {P:T}:queue (requeue) or {P:T}:failed_tasks (dead-letter)
+KEYS[3] string  {P:T}:op:<op id>
+KEYS[4] string  {P:T}:dedup:<cid>  (deleted when it names the task; '' key when dead-lettering nothing)
+KEYS[5] string  {P:T}:worker:<worker>   the copy of its liveness key in this slot (optional: recovery only)
 ARGV[1] the raw payload, exactly as in the claiming list
 ARGV[2] what to push: the updated payload, or the dead-letter entry
 ARGV[3] task_id whose dedup key may be deleted ('' = keep the dedup key)

@@ -46,6 +46,7 @@ import redis
 from sqlalchemy import Engine, insert, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from engine.connection import is_cluster
 from engine.keys import Keys
 from tests.chaos.proxy import RedisProxy
 from tests.chaos.schedule import PROVIDERS, Fault, Schedule
@@ -926,10 +927,9 @@ class Cluster:
             queues=_json_or_error(queues_cli),
             dead_letters=dead_letters,
             redis_counts=redis_queue_counts(r),
-            lock_keys=live_locks(r, r.scan_iter(match=f"*{KEY_PREFIX}*task_lock*", count=1000)),
-            lease_entries=r.zrange(f"{{{KEY_PREFIX}}}:leases", 0, -1),
-            held_entries={k.rsplit(":wtasks:", 1)[-1]: sorted(r.smembers(k))
-                          for k in r.scan_iter(match=f"{{{KEY_PREFIX}}}:wtasks:*", count=1000) if r.scard(k)},
+            lock_keys=live_locks(r, r.scan_iter(match=f"{{{KEY_PREFIX}:*}}:task_lock:*", count=1000)),
+            lease_entries=[m for t in TASK_TYPES for m in r.zrange(self.keys.leases(t), 0, -1)],
+            held_entries=held_by_worker(r, KEY_PREFIX),
             killed_pids=set(self.killed_pids),
             stopped_pids=set(self.stopped_pids),
             crash_hook_pids={rec.pid for rec in self.records if rec.name == "sescrash"},
@@ -1105,18 +1105,21 @@ def redis_queue_counts(r: redis.Redis, prefix: str = KEY_PREFIX) -> dict[str, in
     read in one MULTI (one consistent snapshot: a lease entry without an
     in-flight task is never a race of this read); the scanned keys after it.
     """
-    tag = f"{{{prefix}}}"
-    pipe = r.pipeline(transaction=True)
+    keys = Keys(prefix)
+    # One MULTI on a single node; a cluster answers per shard (no snapshot across slots there).
+    pipe = r.pipeline(transaction=not is_cluster(r))
     for t in TASK_TYPES:
-        pipe.llen(f"{tag}:queue:{t}")
-        pipe.hlen(f"{tag}:inflight:{t}")
-        pipe.zcard(f"{tag}:delayed:{t}")
-    pipe.zcard(f"{tag}:leases")
+        pipe.llen(keys.queue(t))
+        pipe.hlen(keys.inflight(t))
+        pipe.zcard(keys.delayed(t))
+    for t in TASK_TYPES:
+        pipe.zcard(keys.leases(t))
     counts = pipe.execute()
-    per_type, leases = counts[:-1], counts[-1]
-    locks = len(live_locks(r, r.scan_iter(match=f"{tag}:task_lock:*", count=1000)))
-    claiming = sum(r.llen(k) for k in r.scan_iter(match=f"{tag}:claiming:*", count=1000))
-    held = sum(r.scard(k) for k in r.scan_iter(match=f"{tag}:wtasks:*", count=1000))
+    n = 3 * len(TASK_TYPES)
+    per_type, leases = counts[:n], sum(counts[n:])
+    locks = len(live_locks(r, r.scan_iter(match=f"{{{prefix}:*}}:task_lock:*", count=1000)))
+    claiming = sum(r.llen(k) for k in r.scan_iter(match=f"{{{prefix}:*}}:claiming:*", count=1000))
+    held = sum(r.scard(k) for k in r.scan_iter(match=f"{{{prefix}:*}}:wtasks:*", count=1000))
     return {
         "ready": sum(per_type[0::3]),
         "in_flight": sum(per_type[1::3]),
@@ -1126,6 +1129,16 @@ def redis_queue_counts(r: redis.Redis, prefix: str = KEY_PREFIX) -> dict[str, in
         "locks": locks,
         "held": held,
     }
+
+
+def held_by_worker(r: redis.Redis, prefix: str) -> dict[str, list[str]]:
+    """Worker id -> the tasks its held sets (``wtasks``, one per task type) still name."""
+    held: dict[str, list[str]] = {}
+    for key in r.scan_iter(match=f"{{{prefix}:*}}:wtasks:*", count=1000):
+        members = r.smembers(key)
+        if members:
+            held.setdefault(key.rsplit(":wtasks:", 1)[-1], []).extend(members)
+    return {w: sorted(m) for w, m in held.items()}
 
 
 #: A settled lease's lock is replaced by a tombstone ``~<verb>:<token>`` that lives the replay window (so a

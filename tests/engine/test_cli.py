@@ -20,6 +20,7 @@ from workflow.states import TASK_TYPES
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch, settings: EngineSettings, sqlite_url: str) -> EngineSettings:
     monkeypatch.setenv("REDIS_URL", settings.redis_url)
+    monkeypatch.setenv("REDIS_CLUSTER", "true" if settings.redis_cluster else "false")
     monkeypatch.setenv("KEY_PREFIX", settings.key_prefix)
     monkeypatch.setenv("DATABASE_URL", sqlite_url)
     monkeypatch.setenv("RATE_ZILLOW", "30/min")
@@ -37,7 +38,7 @@ def test_queues_json_has_the_spec_shape(env: EngineSettings, redis_client: redis
     queue = TaskQueue(redis_client, env, TASK_TYPES)
     queue.enqueue("market_data", 1)
     queue.enqueue("email_sending", 2, delay=60)
-    redis_client.rpush(queue.keys.failed, json.dumps({"id": "x", "reason": "r"}))
+    redis_client.rpush(queue.keys.failed("market_data"), json.dumps({"id": "x", "reason": "r"}))
     out = _json(capsys, "queues", "--json")
     assert set(out) == {"queues", "dead_letters"}  # type: ignore[arg-type]
     assert list(out["queues"]) == list(TASK_TYPES)  # type: ignore[index]

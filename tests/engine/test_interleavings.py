@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from engine.connection import connect
+from engine.connection import connect, connection_name
 from engine.producer import Producer
 from engine.queue import Judgement, TaskQueue
 from engine.recovery import Recovery
@@ -25,14 +25,14 @@ from engine.retry import RetryPolicy
 from engine.settings import EngineSettings
 from engine.task import Task
 from engine.worker import Worker
-from tests.engine.conftest import TYPES, wait_for
+from tests.engine.conftest import TYPES, beat, wait_for
 from tests.servers import RedisServer, free_port
 
 
 def _lapse(r: redis.Redis, queue: TaskQueue, task: Task) -> None:
     """What time does to a lease nobody renews: the deadline passes and the lock expires."""
-    r.zadd(queue.keys.leases, {f"{task.task_type}:{task.task_id}": 0})
-    r.delete(queue.keys.task_lock(task.task_id))
+    r.zadd(queue.keys.leases(task.task_type), {f"{task.task_type}:{task.task_id}": 0})
+    r.delete(queue.keys.task_lock(task.task_type, task.task_id))
 
 
 _wait = wait_for
@@ -63,7 +63,7 @@ def test_finding_1_a_late_recovery_loop_never_takes_the_fresh_lease(
     late = queue.recover_lapsed(*seen_by_r1[0])
     # Then R1 does nothing: W2 keeps its lease and settles the task, and nothing is in the DLQ twice
     assert late.action == "skipped"
-    assert redis_client.get(queue.keys.task_lock(second.task.task_id)) == second.token
+    assert redis_client.get(queue.keys.task_lock(second.task.task_type, second.task.task_id)) == second.token
     assert queue.ack(second)
     assert len(queue.dlq_list()) == 0
 
@@ -98,16 +98,16 @@ def test_finding_2_a_worker_that_beats_between_verdict_and_move_keeps_its_task(
     queue.enqueue("alpha", 1)
     lease = queue.claim("W1", TYPES, 1).leases[0]
     queue.enqueue("beta", 2)
-    queue.scripts.claim(keys=[queue.keys.claiming("W1"), queue.keys.queue("beta")], args=[1])
+    queue.scripts.claim(keys=[queue.keys.claiming("beta", "W1"), queue.keys.queue("beta")], args=[1])
     recovery = Recovery(redis_client, settings, queue, quiet=0)
     # When recovery judges it dead, and the worker beats again before recovery moves anything
     [verdict] = recovery.dead_workers()
-    redis_client.set(queue.keys.worker("W1"), "beat again", px=10_000)
+    beat(redis_client, queue, "W1", "beat again")
     settled = recovery.recover_worker(verdict)
     # Then nothing was taken: the lease is its own, the claimed payload stays, and it stays registered
     assert all(s.action == "skipped" for s in settled)
-    assert redis_client.get(queue.keys.task_lock(lease.task.task_id)) == lease.token
-    assert redis_client.llen(queue.keys.claiming("W1")) == 1
+    assert redis_client.get(queue.keys.task_lock(lease.task.task_type, lease.task.task_id)) == lease.token
+    assert redis_client.llen(queue.keys.claiming("beta", "W1")) == 1
     assert redis_client.hexists(queue.keys.workers, "W1")
     assert queue.ack(lease)
 
@@ -204,17 +204,17 @@ def test_finding_3_a_replayed_lease_call_leases_under_the_token_the_worker_knows
     # Given a payload in a worker's claiming list
     task = queue.enqueue("alpha", 1)
     assert task is not None
-    claiming = queue.keys.claiming("W1")
+    claiming = queue.keys.claiming("alpha", "W1")
     raw = queue.scripts.claim(keys=[claiming, queue.keys.queue("alpha")], args=[1])[0]
-    keys = [claiming, queue.keys.leases, queue.keys.wtasks("W1"), queue.keys.inflight("alpha"),
-            queue.keys.task_lock(task.task_id)]
+    keys = [claiming, queue.keys.leases("alpha"), queue.keys.wtasks("alpha", "W1"), queue.keys.inflight("alpha"),
+            queue.keys.task_lock(task.task_type, task.task_id)]
     args = [60_000, raw, task.task_id, "alpha", "tok1:W1"]
     # When lease.lua is called twice with the same arguments (redis-py replaying after a lost answer)
     first = queue.scripts.lease(keys=keys, args=args)
     replay = queue.scripts.lease(keys=keys, args=args)
     # Then both answers say leased, under the token the worker made
     assert first == replay == [1]
-    assert redis_client.get(queue.keys.task_lock(task.task_id)) == "tok1:W1"
+    assert redis_client.get(queue.keys.task_lock(task.task_type, task.task_id)) == "tok1:W1"
 
 
 def test_finding_3_a_replayed_dead_letter_still_reports_it_so_the_failure_hook_runs(
@@ -228,12 +228,19 @@ def test_finding_3_a_replayed_dead_letter_still_reports_it_so_the_failure_hook_r
 
 def test_finding_3_the_client_sets_timeouts_and_retries_explicitly(settings: EngineSettings) -> None:
     client = connect(settings, check=False, client_name="w:1:x")
-    kwargs = client.connection_pool.connection_kwargs
+    if settings.redis_cluster:
+        # The cluster client retries (after refreshing its slot map); each node's connections do not.
+        assert isinstance(client, redis.RedisCluster)
+        assert client.retry.get_retries() == settings.redis_retries
+        kwargs = client.nodes_manager.connection_kwargs
+    else:
+        kwargs = client.connection_pool.connection_kwargs
+        assert kwargs["health_check_interval"] == settings.redis_health_check_interval
+        assert kwargs["retry"].get_retries() == settings.redis_retries
     assert kwargs["socket_timeout"] == settings.redis_socket_timeout
     assert kwargs["socket_connect_timeout"] == settings.redis_connect_timeout
-    assert kwargs["health_check_interval"] == settings.redis_health_check_interval
-    assert kwargs["retry"].get_retries() == settings.redis_retries
     assert kwargs["client_name"] == "w:1:x"
+    assert connection_name(client) == "w:1:x"
     # A replayed call must find the first call's trace: the window covers every retry of one call
     assert settings.replay_window > (settings.redis_retries + 1) * settings.redis_socket_timeout
 

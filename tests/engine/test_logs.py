@@ -66,11 +66,12 @@ def test_transitions_chatter_is_off_at_info_and_on_at_debug() -> None:
     logs.setup(logging.WARNING, "text")
 
 
-def test_services_say_when_they_stop_in_json(tmp_path: Path, redis_url: str, key_prefix: str) -> None:
+def test_services_say_when_they_stop_in_json(tmp_path: Path, redis_url: str, redis_mode: str, key_prefix: str) -> None:
     db = f"sqlite:///{tmp_path}/c.db"
     runner.upgrade(db)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RATE_", "REDIS_", "LOG_"))}
-    env.update(DATABASE_URL=db, REDIS_URL=redis_url, KEY_PREFIX=key_prefix, LOG_FORMAT="json", LOG_LEVEL="info")
+    env.update(DATABASE_URL=db, REDIS_URL=redis_url, REDIS_CLUSTER=str(redis_mode == "cluster"), KEY_PREFIX=key_prefix,
+               LOG_FORMAT="json", LOG_LEVEL="info")
     for argv, stopped in ((["producer", "--once"], "producer stopped"), (["recovery", "--once"], "recovery stopped"),
                           (["worker", "--burst"], "stopped (exit 0)")):
         proc = subprocess.run([CAMPAIGNCTL, *argv], env=env, capture_output=True, text=True, timeout=120)

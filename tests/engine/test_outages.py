@@ -45,7 +45,7 @@ SCALE = 30
 #: A password in DATABASE_URL (trust authentication ignores it) that no log line may show.
 DB_PASSWORD = "s3cr3t-Pw"
 
-pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.single_node]  # PostgreSQL outages: once is enough
 
 
 # -- fixtures and helpers -----------------------------------------------------------------

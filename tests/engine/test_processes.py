@@ -24,7 +24,7 @@ from engine.registry import Registry
 from engine.settings import EngineSettings
 from engine.task import Task
 from engine.worker import Worker
-from tests.engine.conftest import proc_env, spawn, wait_for
+from tests.engine.conftest import beat, proc_env, spawn, wait_for
 from tests.workflow.helpers import new_campaigns
 from workflow.db import make_engine
 from workflow.models import Base
@@ -127,7 +127,7 @@ def test_without_named_connections_recovery_falls_back_to_the_ttl_and_says_so(
         redis_client: redis.Redis, settings: EngineSettings, queue: TaskQueue, caplog: pytest.LogCaptureFixture) -> None:
     # Given a registered worker that names its connections, and recovery on an unnamed client (as behind a proxy)
     redis_client.hset(queue.keys.workers, "W1", json.dumps({"conn_named": True}))
-    redis_client.set(queue.keys.worker("W1"), "alive", px=60_000)
+    beat(redis_client, queue, "W1", "alive", px=60_000)
     recovery = Recovery(redis_client, settings, queue, quiet=0)
     # When it judges twice
     with caplog.at_level("WARNING", logger="engine.recovery"):

@@ -17,8 +17,8 @@ from tests.engine.conftest import TYPES
 
 def _expire_lease(r: redis.Redis, queue: TaskQueue, task: Task) -> None:
     """Make a lease lapse now: the deadline in the past and the lock gone (what time would do)."""
-    r.zadd(queue.keys.leases, {task_key(task.task_type, task.task_id): 0})
-    r.delete(queue.keys.task_lock(task.task_id))
+    r.zadd(queue.keys.leases(task.task_type), {task_key(task.task_type, task.task_id): 0})
+    r.delete(queue.keys.task_lock(task.task_type, task.task_id))
 
 
 def test_enqueue_is_deduplicated_per_type_and_campaign(queue: TaskQueue) -> None:
@@ -38,15 +38,15 @@ def test_claim_lease_ack_frees_the_dedup(queue: TaskQueue, redis_client: redis.R
     claim = queue.claim("w1", TYPES, 5)
     assert [lease.task.task_id for lease in claim.leases] == [task.task_id]
     lease = claim.leases[0]
-    assert redis_client.get(queue.keys.task_lock(task.task_id)) == lease.token
+    assert redis_client.get(queue.keys.task_lock(task.task_type, task.task_id)) == lease.token
     assert queue.stats()["queues"]["alpha"]["in_flight"] == 1
     assert queue.ack(lease)
     # Then nothing is left and the campaign may get a new task of that type (a replayed ack answers as the first)
     assert queue.ack(lease)
     stats = queue.stats()["queues"]["alpha"]
     assert (stats["ready"], stats["in_flight"], stats["delayed"]) == (0, 0, 0)
-    assert redis_client.zcard(queue.keys.leases) == 0
-    assert redis_client.scard(queue.keys.wtasks("w1")) == 0
+    assert redis_client.zcard(queue.keys.leases("alpha")) == 0
+    assert redis_client.scard(queue.keys.wtasks("alpha", "w1")) == 0
     assert queue.enqueue("alpha", 7) is not None
 
 
@@ -83,7 +83,7 @@ def test_zombie_cannot_ack_or_renew_after_its_lease_is_taken(queue: TaskQueue, r
     assert queue.dead_letter(zombie, "zombie") is None
     assert not queue.ack(zombie)
     assert queue.stats()["queues"]["alpha"]["in_flight"] == 1
-    assert redis_client.get(queue.keys.task_lock(task.task_id)) == current.token
+    assert redis_client.get(queue.keys.task_lock(task.task_type, task.task_id)) == current.token
     # And the real holder still can
     assert queue.renew([current]) == [True]
     assert queue.ack(current)
@@ -106,10 +106,10 @@ def test_batched_ack_settles_the_held_leases_and_rejects_the_stale_one(
     # Then the two it still held are settled, dedup freed, and B's lease is untouched
     stats = queue.stats()["queues"]["alpha"]
     assert (stats["ready"], stats["in_flight"]) == (0, 1)
-    assert redis_client.get(queue.keys.task_lock(stale.task.task_id)) == current.token
-    assert redis_client.zrange(queue.keys.leases, 0, -1) == [task_key("alpha", stale.task.task_id)]
+    assert redis_client.get(queue.keys.task_lock(stale.task.task_type, stale.task.task_id)) == current.token
+    assert redis_client.zrange(queue.keys.leases("alpha"), 0, -1) == [task_key("alpha", stale.task.task_id)]
     # (A's set keeps only the stale member; a lapsed lease's recovery cannot know its holder, A clears it on exit)
-    assert redis_client.smembers(queue.keys.wtasks("A")) == {task_key("alpha", stale.task.task_id)}
+    assert redis_client.smembers(queue.keys.wtasks("alpha", "A")) == {task_key("alpha", stale.task.task_id)}
     assert queue.enqueue("alpha", 1) is not None and queue.enqueue("alpha", 3) is not None
     assert queue.enqueue("alpha", 2) is None  # B's task is still live
     # And a repeated ack (redis-py replaying the call) changes nothing and answers as the first did
@@ -172,7 +172,7 @@ def test_poison_payloads_land_in_failed_tasks_and_a_fixed_one_can_be_requeued(
     for expected in ("not JSON", "not an object", "has no 'retry_count'", "unknown task type 'gamma'",
                      "5000 bytes", "campaign_id must be int"):
         assert expected in reasons, (expected, reasons)
-    assert redis_client.llen(queue.keys.claiming("w1")) == 0
+    assert redis_client.llen(queue.keys.claiming("alpha", "w1")) == 0
     # When the one with a usable type and campaign is requeued
     fixable = next(e for e in entries if e["campaign_id"] == 5)
     result = queue.dlq_requeue(fixable["id"])
@@ -192,11 +192,11 @@ def test_dead_worker_claiming_list_is_requeued(queue: TaskQueue, redis_client: r
     queue.enqueue("alpha", 1)
     queue.enqueue("alpha", 2)
     redis_client.hset(queue.keys.workers, "dead", "{}")
-    queue.scripts.claim(keys=[queue.keys.claiming("dead"), queue.keys.queue("alpha")], args=[5])
+    queue.scripts.claim(keys=[queue.keys.claiming("alpha", "dead"), queue.keys.queue("alpha")], args=[5])
     lease = queue.claim("dead", TYPES, 0).leases  # count 0 leases what is already in the claiming list
     assert len(lease) == 2
     queue.ack(lease[0])
-    redis_client.lpush(queue.keys.claiming("dead"), queue.enqueue("beta", 3).to_json())  # type: ignore[union-attr]
+    redis_client.lpush(queue.keys.claiming("beta", "dead"), queue.enqueue("beta", 3).to_json())  # type: ignore[union-attr]
     redis_client.rpop(queue.keys.queue("beta"))
     # When recovery runs (the worker has no liveness key)
     report = Recovery(redis_client, settings, queue, quiet=0).run_once()

@@ -40,11 +40,11 @@ class _Counting(ReconcileFromDatabase):
         return iter(items)
 
 
-def _setup(sqlite_url: str, redis_url: str, key_prefix: str, n: int) -> tuple[Any, CampaignStore, list[int]]:
+def _setup(sqlite_url: str, redis_env: dict[str, str], key_prefix: str, n: int) -> tuple[Any, CampaignStore, list[int]]:
     engine = make_engine(sqlite_url)
     Base.metadata.create_all(engine)
     ids = new_campaigns(engine, n)
-    ctx = AppContext({"DATABASE_URL": sqlite_url, "REDIS_URL": redis_url, "KEY_PREFIX": key_prefix,
+    ctx = AppContext({"DATABASE_URL": sqlite_url, **redis_env, "KEY_PREFIX": key_prefix,
                       "STALL_THRESHOLD": "0"})
     return ctx, ctx.store, ids
 
@@ -56,9 +56,9 @@ def _age(store: CampaignStore, hours: float) -> None:
 
 
 def test_a_pass_reads_only_what_changed_and_a_lost_generation_sweeps_everything(
-        sqlite_url: str, redis_url: str, key_prefix: str, redis_client: redis.Redis) -> None:
+        sqlite_url: str, redis_env: dict[str, str], key_prefix: str, redis_client: redis.Redis) -> None:
     # Given 30 campaigns started an hour ago (their tasks queued), and recovery's reconcile
-    ctx, store, ids = _setup(sqlite_url, redis_url, key_prefix, 30)
+    ctx, store, ids = _setup(sqlite_url, redis_env, key_prefix, 30)
     store.start_due(limit=100)
     _age(store, 1)
     source = _Counting(ctx)
@@ -85,9 +85,9 @@ def test_a_pass_reads_only_what_changed_and_a_lost_generation_sweeps_everything(
 
 
 def test_a_dead_letter_hook_that_failed_on_an_outage_is_run_again_by_recovery(
-        sqlite_url: str, redis_url: str, key_prefix: str, redis_client: redis.Redis) -> None:
+        sqlite_url: str, redis_env: dict[str, str], key_prefix: str, redis_client: redis.Redis) -> None:
     # Given a campaign at property_data whose task was dead-lettered while the database was down
-    ctx, store, (cid,) = _setup(sqlite_url, redis_url, key_prefix, 1)
+    ctx, store, (cid,) = _setup(sqlite_url, redis_env, key_prefix, 1)
     [snap] = store.start_due(limit=1)
     registry = Registry(is_outage=lambda exc: isinstance(exc, ConnectionError))
     hook = dead_letter_hook(ctx)
@@ -123,12 +123,12 @@ def test_the_cursor_never_moves_past_a_generation_that_is_gone(
 
 
 def test_the_producer_starts_no_more_than_the_first_queue_has_room_for(
-        sqlite_url: str, redis_url: str, key_prefix: str, redis_client: redis.Redis) -> None:
+        sqlite_url: str, redis_env: dict[str, str], key_prefix: str, redis_client: redis.Redis) -> None:
     from campaignctl.wiring import producer_source
     from engine.producer import Producer
 
     # Given 10 due campaigns and a producer whose first queue may hold 3 tasks
-    ctx, store, ids = _setup(sqlite_url, redis_url, key_prefix, 10)
+    ctx, store, ids = _setup(sqlite_url, redis_env, key_prefix, 10)
     queue = TaskQueue(redis_client, ctx.settings, TASK_TYPES)
     producer = Producer(queue, ctx.settings, producer_source(ctx, "p1"), backlog_types=("property_data",),
                         max_backlog=3)

@@ -83,58 +83,58 @@ def case_enqueue(q: TaskQueue, r: redis.Redis) -> tuple[str, list[str], list[Any
 def case_claim(q: TaskQueue, r: redis.Redis) -> tuple[str, list[str], list[Any]]:
     for cid in (1, 2, 3):
         q.enqueue("alpha", cid)
-    return "claim", [q.keys.claiming("W1"), q.keys.queue("alpha")], [2]
+    return "claim", [q.keys.claiming("alpha", "W1"), q.keys.queue("alpha")], [2]
 
 
 def case_lease(q: TaskQueue, r: redis.Redis) -> tuple[str, list[str], list[Any]]:
     task = q.enqueue("alpha", 1)
     assert task is not None
-    raw = q.scripts.claim(keys=[q.keys.claiming("W1"), q.keys.queue("alpha")], args=[1])[0]
-    return "lease", [q.keys.claiming("W1"), q.keys.leases, q.keys.wtasks("W1"), q.keys.inflight("alpha"),
-                     q.keys.task_lock(task.task_id)], [60_000, raw, task.task_id, "alpha", "tok:W1"]
+    raw = q.scripts.claim(keys=[q.keys.claiming("alpha", "W1"), q.keys.queue("alpha")], args=[1])[0]
+    return "lease", [q.keys.claiming("alpha", "W1"), q.keys.leases("alpha"), q.keys.wtasks("alpha", "W1"), q.keys.inflight("alpha"),
+                     q.keys.task_lock(task.task_type, task.task_id)], [60_000, raw, task.task_id, "alpha", "tok:W1"]
 
 
 def case_ack(q: TaskQueue, r: redis.Redis) -> tuple[str, list[str], list[Any]]:
     lease = _leased(q)
     t = lease.task
-    return "ack", [q.keys.leases, q.keys.task_lock(t.task_id), q.keys.inflight("alpha"), q.keys.dedup("alpha", 1),
-                   q.keys.wtasks("W1")], [q.replay_ms, lease.token, t.task_id, "alpha"]
+    return "ack", [q.keys.leases("alpha"), q.keys.task_lock(t.task_type, t.task_id), q.keys.inflight("alpha"), q.keys.dedup("alpha", 1),
+                   q.keys.wtasks("alpha", "W1")], [q.replay_ms, lease.token, t.task_id, "alpha"]
 
 
 def case_renew(q: TaskQueue, r: redis.Redis) -> tuple[str, list[str], list[Any]]:
     lease = _leased(q)
     t = lease.task
-    return "renew", [q.keys.task_lock(t.task_id), q.keys.leases], [lease.token, 60_000, f"alpha:{t.task_id}"]
+    return "renew", [q.keys.leases("alpha"), q.keys.task_lock(t.task_type, t.task_id)], [60_000, lease.token, f"alpha:{t.task_id}"]
 
 
 def case_retry(q: TaskQueue, r: redis.Redis) -> tuple[str, list[str], list[Any]]:
     lease = _leased(q)
     t = lease.task
-    return "retry", [q.keys.task_lock(t.task_id), q.keys.inflight("alpha"), q.keys.leases, q.keys.delayed("alpha"),
-                     q.keys.wtasks("W1")], [lease.token, t.task_id, "alpha", t.to_json(), 1000, q.replay_ms]
+    return "retry", [q.keys.task_lock(t.task_type, t.task_id), q.keys.inflight("alpha"), q.keys.leases("alpha"), q.keys.delayed("alpha"),
+                     q.keys.wtasks("alpha", "W1")], [lease.token, t.task_id, "alpha", t.to_json(), 1000, q.replay_ms]
 
 
 def case_requeue(q: TaskQueue, r: redis.Redis) -> tuple[str, list[str], list[Any]]:
     lease = _leased(q)
     t = lease.task
-    return "requeue", [q.keys.task_lock(t.task_id), q.keys.inflight("alpha"), q.keys.leases, q.keys.queue("alpha"),
-                       q.keys.wtasks("W1")], [lease.token, t.task_id, "alpha", t.to_json(), q.replay_ms]
+    return "requeue", [q.keys.task_lock(t.task_type, t.task_id), q.keys.inflight("alpha"), q.keys.leases("alpha"), q.keys.queue("alpha"),
+                       q.keys.wtasks("alpha", "W1")], [lease.token, t.task_id, "alpha", t.to_json(), q.replay_ms]
 
 
 def case_dead_letter(q: TaskQueue, r: redis.Redis) -> tuple[str, list[str], list[Any]]:
     lease = _leased(q)
     t = lease.task
-    return "dead_letter", [q.keys.task_lock(t.task_id), q.keys.inflight("alpha"), q.keys.leases, q.keys.failed,
-                           q.keys.dedup("alpha", 1), q.keys.wtasks("W1")], \
+    return "dead_letter", [q.keys.task_lock(t.task_type, t.task_id), q.keys.inflight("alpha"), q.keys.leases("alpha"), q.keys.failed("alpha"),
+                           q.keys.dedup("alpha", 1), q.keys.wtasks("alpha", "W1")], \
         [lease.token, t.task_id, "alpha", json.dumps({"id": "e1"}), q.replay_ms]
 
 
 def case_recover_lapsed(q: TaskQueue, r: redis.Redis) -> tuple[str, list[str], list[Any]]:
     lease = _leased(q)
     t = lease.task
-    r.zadd(q.keys.leases, {f"alpha:{t.task_id}": 0})
-    r.delete(q.keys.task_lock(t.task_id))
-    return "recover", [q.keys.task_lock(t.task_id), q.keys.inflight("alpha"), q.keys.leases, q.keys.queue("alpha"),
+    r.zadd(q.keys.leases("alpha"), {f"alpha:{t.task_id}": 0})
+    r.delete(q.keys.task_lock(t.task_type, t.task_id))
+    return "recover", [q.keys.task_lock(t.task_type, t.task_id), q.keys.inflight("alpha"), q.keys.leases("alpha"), q.keys.queue("alpha"),
                        q.keys.dedup("alpha", 1)], \
         ["lapsed", t.task_id, "alpha", lease.payload, "requeue", t.to_json(), new_op_id(), q.replay_ms]
 
@@ -142,43 +142,43 @@ def case_recover_lapsed(q: TaskQueue, r: redis.Redis) -> tuple[str, list[str], l
 def case_recover_dead(q: TaskQueue, r: redis.Redis) -> tuple[str, list[str], list[Any]]:
     lease = _leased(q)
     t = lease.task
-    return "recover", [q.keys.task_lock(t.task_id), q.keys.inflight("alpha"), q.keys.leases, q.keys.failed,
-                       q.keys.dedup("alpha", 1), q.keys.wtasks("W1"), q.keys.worker("W1")], \
+    return "recover", [q.keys.task_lock(t.task_type, t.task_id), q.keys.inflight("alpha"), q.keys.leases("alpha"), q.keys.failed("alpha"),
+                       q.keys.dedup("alpha", 1), q.keys.wtasks("alpha", "W1"), q.keys.liveness("alpha", "W1")], \
         ["dead", t.task_id, "alpha", lease.payload, "dead", json.dumps({"id": "e2"}), new_op_id(), q.replay_ms,
          lease.token, "", q.server_ms(), 60_000]
 
 
 def case_unclaim(q: TaskQueue, r: redis.Redis) -> tuple[str, list[str], list[Any]]:
     q.enqueue("alpha", 1)
-    raw = q.scripts.claim(keys=[q.keys.claiming("W1"), q.keys.queue("alpha")], args=[1])[0]
-    return "unclaim", [q.keys.claiming("W1"), q.keys.queue("alpha"), q.keys.op(new_op_id()),
-                       q.keys.dedup("alpha", 1), q.keys.worker("W1")], \
+    raw = q.scripts.claim(keys=[q.keys.claiming("alpha", "W1"), q.keys.queue("alpha")], args=[1])[0]
+    return "unclaim", [q.keys.claiming("alpha", "W1"), q.keys.queue("alpha"), q.keys.op("alpha", new_op_id()),
+                       q.keys.dedup("alpha", 1), q.keys.liveness("alpha", "W1")], \
         [raw, raw.replace('"retry_count":0', '"retry_count":0,"lease_losses":1'), "", q.replay_ms, "",
          q.server_ms(), 60_000]
 
 
 def case_reject(q: TaskQueue, r: redis.Redis) -> tuple[str, list[str], list[Any]]:
-    r.lpush(q.keys.claiming("W1"), "garbage")
-    return "reject", [q.keys.claiming("W1"), q.keys.failed, q.keys.op(new_op_id())], \
+    r.lpush(q.keys.claiming("alpha", "W1"), "garbage")
+    return "reject", [q.keys.claiming("alpha", "W1"), q.keys.failed("alpha"), q.keys.op("alpha", new_op_id())], \
         ["garbage", json.dumps({"id": "e3"}), q.replay_ms]
 
 
 def case_dlq_requeue(q: TaskQueue, r: redis.Redis) -> tuple[str, list[str], list[Any]]:
     entry = json.dumps({"id": "e4", "task_type": "alpha", "campaign_id": 1})
-    r.rpush(q.keys.failed, entry)
+    r.rpush(q.keys.failed("alpha"), entry)
     task = Task.new("alpha", 1)
-    return "dlq_requeue", [q.keys.failed, q.keys.queue("alpha"), q.keys.dedup("alpha", 1), q.keys.op(new_op_id())], \
+    return "dlq_requeue", [q.keys.failed("alpha"), q.keys.queue("alpha"), q.keys.dedup("alpha", 1), q.keys.op("alpha", new_op_id())], \
         [entry, task.to_json(), task.task_id, q.replay_ms]
 
 
 def case_promote(q: TaskQueue, r: redis.Redis) -> tuple[str, list[str], list[Any]]:
     r.zadd(q.keys.delayed("alpha"), {Task.new("alpha", 1).to_json(): 0, Task.new("alpha", 2).to_json(): 0})
-    return "promote", [q.keys.op(new_op_id()), q.keys.delayed("alpha"), q.keys.queue("alpha")], [100, q.replay_ms]
+    return "promote", [q.keys.op("alpha", new_op_id()), q.keys.delayed("alpha"), q.keys.queue("alpha")], [100, q.replay_ms]
 
 
 def case_unregister(q: TaskQueue, r: redis.Redis) -> tuple[str, list[str], list[Any]]:
     r.hset(q.keys.workers, "W1", "{}")
-    return "unregister", [q.keys.workers, q.keys.worker("W1"), q.keys.wtasks("W1"), q.keys.claiming("W1")], ["W1", ""]
+    return "unregister", [q.keys.workers, q.keys.worker("W1")], ["W1", ""]
 
 
 def case_pause_bucket(q: TaskQueue, r: redis.Redis) -> tuple[str, list[str], list[Any]]:

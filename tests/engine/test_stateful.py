@@ -22,6 +22,7 @@ from engine.keys import task_key
 from engine.queue import Lease, TaskQueue
 from engine.recovery import Recovery
 from engine.settings import EngineSettings
+from tests.engine.conftest import client_for
 
 TYPES = ("alpha", "beta")
 WORKERS = ("w1", "w2")
@@ -29,12 +30,14 @@ WORKERS = ("w1", "w2")
 
 class QueueMachine(RuleBasedStateMachine):
     url: str = ""
+    cluster: bool = False
 
     def __init__(self) -> None:
         super().__init__()
-        self.r = redis.Redis.from_url(self.url, decode_responses=True)
-        self.settings = EngineSettings(redis_url=self.url, key_prefix=f"h{uuid.uuid4().hex[:10]}",
-                                       visibility_timeout=60, max_lease_losses=2)
+        self.r = client_for(self.url, self.cluster)
+        self.settings = EngineSettings(redis_url=self.url, redis_cluster=self.cluster,
+                                       key_prefix=f"h{uuid.uuid4().hex[:10]}", visibility_timeout=60,
+                                       max_lease_losses=2)
         self.queue = TaskQueue(self.r, self.settings, TYPES)
         self.recovery = Recovery(self.r, self.settings, self.queue, quiet=0, clock=lambda: 0.0)  # no stall guesses: deterministic
         self.live: set[str] = set()
@@ -48,7 +51,7 @@ class QueueMachine(RuleBasedStateMachine):
         self.r.close()
 
     def _current(self, lease: Lease) -> bool:
-        return self.r.get(self.queue.keys.task_lock(lease.task.task_id)) == lease.token
+        return self.r.get(self.queue.keys.task_lock(lease.task.task_type, lease.task.task_id)) == lease.token
 
     @rule(task_type=st.sampled_from(TYPES), cid=st.integers(1, 4), delay=st.sampled_from([0.0, 0.0, 60.0]))
     def enqueue(self, task_type: str, cid: int, delay: float) -> None:
@@ -66,8 +69,10 @@ class QueueMachine(RuleBasedStateMachine):
     def half_claim(self, worker: str) -> None:
         """Phase 1 only: the worker dies before leasing (its claiming list holds the payload)."""
         self.r.hset(self.queue.keys.workers, worker, "{}")
-        self.queue.scripts.claim(keys=[self.queue.keys.claiming(worker), *map(self.queue.keys.queue, TYPES)],
-                                 args=[1])
+        for t in TYPES:  # one type's slot per call, as the engine claims
+            if self.queue.scripts.claim(keys=[self.queue.keys.claiming(t, worker), self.queue.keys.queue(t)],
+                                        args=[1]):
+                break
 
     @precondition(lambda self: self.leases)
     @rule(i=st.integers(0, 100))
@@ -112,8 +117,8 @@ class QueueMachine(RuleBasedStateMachine):
     def expire(self, i: int) -> None:
         """The lease lapses (the worker stays around as a possible zombie)."""
         task = self.leases[i % len(self.leases)].task
-        self.r.zadd(self.queue.keys.leases, {task_key(task.task_type, task.task_id): 0})
-        self.r.delete(self.queue.keys.task_lock(task.task_id))
+        self.r.zadd(self.queue.keys.leases(task.task_type), {task_key(task.task_type, task.task_id): 0})
+        self.r.delete(self.queue.keys.task_lock(task.task_type, task.task_id))
 
     @rule(worker=st.sampled_from(WORKERS))
     def kill_worker(self, worker: str) -> None:
@@ -144,8 +149,9 @@ class QueueMachine(RuleBasedStateMachine):
             for task_id in self.r.hkeys(k.inflight(t)):
                 seen[task_id] += 1
         for w in WORKERS:
-            for raw in self.r.lrange(k.claiming(w), 0, -1):
-                seen[json.loads(raw)["task_id"]] += 1
+            for t in TYPES:
+                for raw in self.r.lrange(k.claiming(t, w), 0, -1):
+                    seen[json.loads(raw)["task_id"]] += 1
         for entry in self.queue.dlq_list():
             seen[entry["task"]["task_id"]] += 1
         dead = {e["task"]["task_id"] for e in self.queue.dlq_list()}
@@ -156,15 +162,16 @@ class QueueMachine(RuleBasedStateMachine):
     @invariant()
     def in_flight_tasks_have_a_lease_entry(self) -> None:
         k = self.queue.keys
-        leased = set(self.r.zrange(k.leases, 0, -1))
+        leased = {m for t in TYPES for m in self.r.zrange(k.leases(t), 0, -1)}
         for t in TYPES:
             for task_id in self.r.hkeys(k.inflight(t)):
                 assert task_key(t, task_id) in leased
 
 
 @pytest.mark.redis
-def test_queue_state_machine(redis_url: str) -> None:
+def test_queue_state_machine(redis_url: str, redis_mode: str) -> None:
     QueueMachine.url = redis_url
+    QueueMachine.cluster = redis_mode == "cluster"
     run = QueueMachine.TestCase
     run.settings = settings(max_examples=150, stateful_step_count=40, deadline=None,
                             suppress_health_check=[HealthCheck.too_slow])

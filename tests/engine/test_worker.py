@@ -6,6 +6,7 @@ import threading
 import time
 
 import attrs
+import pytest
 import redis
 
 from engine.errors import Discard, Permanent, RateLimited, Transient
@@ -268,7 +269,7 @@ def test_many_quick_tasks_are_each_run_once_and_acked_in_batches(redis_client: r
     print(f"{len(batches)} ack calls for 300 tasks, largest batch {max(batches)}")
     stats = queue.stats()["queues"]["alpha"]
     assert (stats["ready"], stats["in_flight"]) == (0, 0)
-    assert redis_client.zcard(queue.keys.leases) == 0
+    assert redis_client.zcard(queue.keys.leases("alpha")) == 0
     assert not redis_client.keys(queue.keys.dedup("alpha", "*"))  # type: ignore[arg-type]
 
 
@@ -315,6 +316,7 @@ def test_a_stopping_worker_stays_alive_and_keeps_its_leases_during_the_grace_per
     assert not redis_client.exists(queue.keys.worker(worker.worker_id))
 
 
+@pytest.mark.single_node  # a cluster runs each script on its own, and redis-py reloads a lost one there itself
 def test_a_beat_whose_scripts_vanish_between_check_and_call_renews_at_once(
         redis_client: redis.Redis, settings: EngineSettings, queue: TaskQueue, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """A pipeline checks the script cache, then runs: a restart in between (a failover, a crash) loses the
@@ -322,10 +324,14 @@ def test_a_beat_whose_scripts_vanish_between_check_and_call_renews_at_once(
     would find the lease shorter by that much)."""
     registry = Registry()
     registry.register("alpha", lambda task, ctx: None)
+    registry.register("beta", lambda task, ctx: None)
     queue.enqueue("alpha", 1)
-    worker = Worker(redis_client, settings, registry, concurrency=1, task_types=TYPES)
-    [lease] = queue.claim(worker.worker_id, ["alpha"], 1).leases
-    worker._jobs[lease.task.task_id] = _Job(lease=lease, time_limit=0)
+    queue.enqueue("beta", 1)
+    worker = Worker(redis_client, settings, registry, concurrency=2, task_types=TYPES)
+    # Leases of two types: their renewals go in one pipeline (on a single node).
+    lease, other = queue.claim(worker.worker_id, TYPES, 2).leases
+    for held in (lease, other):
+        worker._jobs[held.task.task_id] = _Job(lease=held, time_limit=0)
     flushed = []
     original = redis.client.Pipeline.load_scripts
 
@@ -336,10 +342,10 @@ def test_a_beat_whose_scripts_vanish_between_check_and_call_renews_at_once(
             redis_client.script_flush()
 
     monkeypatch.setattr(redis.client.Pipeline, "load_scripts", load_then_lose)
-    before = redis_client.pttl(queue.keys.task_lock(lease.task.task_id))
+    before = redis_client.pttl(queue.keys.task_lock(lease.task.task_type, lease.task.task_id))
     time.sleep(0.05)
     worker._beat()
     assert flushed, "the fault was not injected"
     assert worker._beat_outage.backoff.failures == 0  # no failure streak began
-    assert redis_client.pttl(queue.keys.task_lock(lease.task.task_id)) > before - 50
+    assert redis_client.pttl(queue.keys.task_lock(lease.task.task_type, lease.task.task_id)) > before - 50
     assert redis_client.exists(queue.keys.worker(worker.worker_id))

@@ -8,10 +8,10 @@ answer was lost to a timeout) finds its own tombstone and reports success again
 without doing anything twice. A tombstone is never a live lease: lease.lua and
 recovery treat it as "no lock".
 
-lock      string  {P}:task_lock:<task_id>
-inflight  hash    {P}:inflight:<type>
-leases    zset    {P}:leases
-holder    set     {P}:wtasks:<worker>, or nil
+lock      string  {P:T}:task_lock:<task_id>
+inflight  hash    {P:T}:inflight
+leases    zset    {P:T}:leases
+holder    set     {P:T}:wtasks:<worker>, or nil
 expected  the caller's lock value, <token>:<worker>
 tomb      the tombstone this call leaves, ~<verb>:<token>
 returns 'taken' (lock, in-flight entry, lease and holder entry removed), 'replay'
