@@ -155,6 +155,7 @@ def explain(exc: BaseException, env: Mapping[str, str]) -> tuple[int, str] | Non
     import redis
     from sqlalchemy import exc as sa_exc
 
+    from engine.connection import RedisModeMismatch
     from workflow.db import database_url
 
     if isinstance(exc, ConfigError):
@@ -163,6 +164,14 @@ def explain(exc: BaseException, env: Mapping[str, str]) -> tuple[int, str] | Non
         given = "a password" if env.get("REDIS_PASSWORD") or "@" in (env.get("REDIS_URL") or "") else "no password"
         return EXIT_CONFIG, (f"{_redis_where(env)} refused the connection with {given}: "
                              "set REDIS_PASSWORD to the server's password")
+    if isinstance(exc, RedisModeMismatch):
+        return EXIT_CONFIG, f"{_redis_where(env)}: {_first_line(exc)}"
+    if isinstance(exc, redis.exceptions.RedisClusterException) and "not enabled" in str(exc):
+        return EXIT_CONFIG, f"{_redis_where(env)} is not a cluster ({_first_line(exc)}): unset REDIS_CLUSTER"
+    if isinstance(exc, redis.exceptions.RedisClusterException):  # not a RedisError: the cluster is out of reach
+        return EXIT_REFUSED, f"{_redis_where(env)} (a cluster) is unavailable: {_first_line(exc)}"
+    if isinstance(exc, redis.exceptions.MovedError):
+        return EXIT_CONFIG, f"{_redis_where(env)} answered MOVED (it is a cluster): set REDIS_CLUSTER=true"
     if isinstance(exc, redis.RedisError):
         return EXIT_REFUSED, f"{_redis_where(env)} is unavailable: {_first_line(exc)}"
     db = f"the database at {redact_url(database_url(dict(env)))}"

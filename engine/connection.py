@@ -70,7 +70,23 @@ def connect(settings: EngineSettings, *, check: bool = True, client_name: str | 
         client = redis.Redis.from_url(settings.redis_url, **options)
     if check:
         warn_if_evicting(client)
+        if not settings.redis_cluster:
+            refuse_cluster_node(client)
     return client
+
+
+class RedisModeMismatch(redis.RedisError):
+    """REDIS_CLUSTER does not match the server: a setting to fix, not an outage to wait out."""
+
+
+def refuse_cluster_node(client: redis.Redis) -> None:
+    """Raise RedisModeMismatch when a single-node client talks to a cluster node (every other key: MOVED)."""
+    try:
+        enabled = client.info("cluster").get("cluster_enabled")
+    except redis.ResponseError:
+        return  # INFO refused (a proxy): the first MOVED will say it
+    if str(enabled) == "1":
+        raise RedisModeMismatch("Redis is a cluster node (cluster_enabled:1): set REDIS_CLUSTER=true")
 
 
 def is_cluster(client: object) -> bool:

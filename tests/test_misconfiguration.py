@@ -294,3 +294,22 @@ def test_migrate_wait_waits_for_the_database(tmp_path: Path) -> None:
         done = subprocess.run([CAMPAIGNCTL, *argv], env=env, capture_output=True, text=True, timeout=60)
         assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
         assert [line for line in done.stderr.splitlines() if line.startswith("campaignctl migrate: ")]
+
+
+def test_redis_cluster_unset_against_a_cluster_says_set_it(
+        good_env: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, redis_cluster) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("REDIS_URL", redis_cluster.url)
+    _check_outage(capsys, redis=True, db=False, code=2, named="set REDIS_CLUSTER=true")
+
+
+def test_redis_cluster_set_against_a_single_node_says_unset_it(
+        good_env: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_CLUSTER", "true")
+    _check_outage(capsys, redis=True, db=False, code=2, named="unset REDIS_CLUSTER")
+
+
+def test_redis_cluster_down(good_env: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_CLUSTER", "true")
+    monkeypatch.setenv("REDIS_URL", f"redis://:s3cret@127.0.0.1:{free_port()}/0")
+    _check_outage(capsys, redis=True, db=False, code=1, named="is unavailable")
+    assert "s3cret" not in capsys.readouterr().err

@@ -130,14 +130,17 @@ def _services_up(ctx: Any, args: argparse.Namespace, stop: Any) -> bool:
     from engine.errors import describe
     from engine.loop import wait_until_up
 
-    from campaignctl.config_check import ConfigError, explain, is_redis_auth_error
+    from campaignctl.config_check import EXIT_CONFIG, ConfigError, explain, is_redis_auth_error
 
     def redis_up() -> None:
         try:
             ctx.redis.ping()
         except Exception as exc:
-            if is_redis_auth_error(exc):  # a wrong or missing password is configuration: never wait for it
-                raise ConfigError(explain(exc, ctx.env)[1]) from None
+            # A wrong or missing password, or REDIS_CLUSTER not matching the server, is configuration:
+            # never wait for it.
+            explained = explain(exc, ctx.env)
+            if explained is not None and (is_redis_auth_error(exc) or explained[0] == EXIT_CONFIG):
+                raise ConfigError(explained[1]) from None
             raise
 
     settings = ctx.settings
