@@ -204,7 +204,7 @@ class TaskQueue:
         """
         leases: list[Lease] = []
         rejected: list[dict[str, Any]] = []
-        for task_type in queues:
+        for task_type in self._worth_claiming(worker_id, queues):
             if count and len(leases) >= count:
                 break  # count 0 (never the worker's) leases what each claiming list holds, nothing more
             claimed = self._claim_type(worker_id, task_type, count - len(leases))
@@ -218,6 +218,22 @@ class TaskQueue:
                              "RIGHT", "LEFT") is None:
             return Claim([], [])
         return self._claim_type(worker_id, task_type, count)
+
+    def _worth_claiming(self, worker_id: str, queues: Sequence[str]) -> list[str]:
+        """Of ``queues``, in order, those with ready tasks or with leftovers in this worker's claiming list.
+
+        One round trip of LLENs (per shard on a cluster) instead of one claim
+        script per type: a worker that consumes seven queues would otherwise
+        pay up to seven calls to find the one that holds work.
+        """
+        if len(queues) <= 1:
+            return list(queues)
+        pipe = self.redis.pipeline(transaction=False)
+        for t in queues:
+            pipe.llen(self.keys.queue(t))
+            pipe.llen(self.keys.claiming(t, worker_id))
+        sizes = pipe.execute()
+        return [t for i, t in enumerate(queues) if sizes[2 * i] or sizes[2 * i + 1]]
 
     def _claim_type(self, worker_id: str, task_type: str, count: int) -> Claim:
         claiming = self.keys.claiming(task_type, worker_id)
