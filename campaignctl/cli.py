@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "campaignctl.commands.sandbox_cmd",
     "campaignctl.commands.demo_cmd",
     "campaignctl.commands.provision_cmd",
+    "campaignctl.commands.upgrade_cmd",
     "campaignctl.commands.dashboard_cmd",
 )
 
