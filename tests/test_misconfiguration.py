@@ -55,6 +55,7 @@ COMMANDS: list[tuple[list[str], bool, bool]] = [
     (["producer", "--once"], True, True),
     (["recovery", "--once"], True, True),
     (["worker", "--burst", "--no-wait"], True, True),
+    (["upgrade-redis", "--dry-run"], True, False),
 ]
 #: Commands that only start when every setting is good (they bring their own Redis / serve forever / call AWS).
 SETTINGS_ONLY: list[list[str]] = [["demo", "--campaigns", "1"], ["sandbox", "--port", "0"],
