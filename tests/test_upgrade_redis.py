@@ -29,6 +29,9 @@ from workflow.states import TASK_TYPES
 
 ROOT = Path(__file__).resolve().parent.parent
 CAMPAIGNCTL = str(Path(sys.executable).parent / "campaignctl")
+#: Worker ids as engine.identity makes them (host:pid:random): the old holder of the in-flight tasks, the
+#: worker that claimed without leasing, and one still alive.
+HOLDER, CLAIMER, LIVE = "box-1:4242:a1b2c3d4", "box-2:4243:0badcafe", "box-9:77:feedbeef"
 
 
 def task(task_type: str, campaign_id: int, at: float, **extra: Any) -> Task:
@@ -43,7 +46,7 @@ class OldLayout:
     ready: dict[str, list[Task]]
     delayed: dict[str, dict[Task, float]]
     inflight: dict[str, list[Task]]
-    #: The claiming list of worker ``w-old-2``, in the order it claimed (first claimed first).
+    #: The claiming list of worker CLAIMER, in the order it claimed (first claimed first).
     claimed: list[str]
     dead_letters: list[str]
 
@@ -92,17 +95,17 @@ def write_old_layout(r: redis.Redis, prefix: str) -> OldLayout:
     for t, ts in inflight.items():
         pipe.hset(f"{tag}:inflight:{t}", mapping={x.task_id: x.to_json() for x in ts})
         for x in ts:
-            pipe.set(f"{tag}:task_lock:{x.task_id}", "a1b2c3d4e5f60718:w-old-1", px=60_000)
+            pipe.set(f"{tag}:task_lock:{x.task_id}", f"a1b2c3d4e5f60718:{HOLDER}", px=60_000)
             pipe.zadd(f"{tag}:leases", {f"{t}:{x.task_id}": 1_000})
-            pipe.sadd(f"{tag}:wtasks:w-old-1", f"{t}:{x.task_id}")
-    pipe.lpush(f"{tag}:claiming:w-old-2", *claimed)  # claim.lua moves RIGHT -> LEFT: the first claimed is rightmost
+            pipe.sadd(f"{tag}:wtasks:{HOLDER}", f"{t}:{x.task_id}")
+    pipe.lpush(f"{tag}:claiming:{CLAIMER}", *claimed)  # claim.lua moved RIGHT -> LEFT: the first claimed is rightmost
     live = [x for ts in ready.values() for x in ts] + [x for d in delayed.values() for x in d]
     live += [x for ts in inflight.values() for x in ts] + [Task.from_json(c) for c in claimed[:2]]
     for x in live:
         pipe.set(f"{tag}:dedup:{x.task_type}:{x.campaign_id}", x.task_id)
     pipe.rpush(f"{tag}:failed_tasks", *dead)
     pipe.set(f"{tag}:op:0123456789abcdef", "1", px=60_000)
-    pipe.hset(f"{tag}:workers", "w-old-1", json.dumps({"id": "w-old-1", "queues": ["property_data"]}))
+    pipe.hset(f"{tag}:workers", HOLDER, json.dumps({"id": HOLDER, "queues": ["property_data"]}))
     pipe.set(f"{tag}:generation", "g-1")
     pipe.set(f"{tag}:reconciled_until", "1700000000.5")
     pipe.rpush(f"{tag}:pending_hooks", json.dumps({"task": json.loads(ready["property_data"][0].to_json()),
@@ -175,7 +178,7 @@ def test_every_payload_lands_exactly_once_and_nothing_old_remains(redis_client: 
     assert untyped[:3] == [d[1], d[3], d[5]]
     entries = [json.loads(e) for e in untyped[3:]]
     assert [e["task"] for e in entries] == [old.claimed[4], old.claimed[3], old.claimed[2]]
-    assert all(e["worker_id"] == "w-old-2" and "upgrade-redis" in e["reason"] for e in entries)
+    assert all(e["worker_id"] == CLAIMER and "upgrade-redis" in e["reason"] for e in entries)
     assert [e["task_type"] for e in entries] == [None, "no_such_stage", None]
     assert "unknown task type 'no_such_stage'" in entries[1]["reason"] and "not JSON" in entries[2]["reason"]
     # And the controls carry the registry's tag
@@ -280,7 +283,7 @@ def test_a_dry_run_changes_nothing_and_counts_what_a_run_moves(redis_client: red
     counts = {(s.kind, s.source, s.target): s.entries for s in plan.steps}
     assert counts[("ready", f"{{{p}}}:queue:property_data", f"{{{p}:property_data}}:queue")] == 3
     assert counts[("in flight", f"{{{p}}}:inflight:property_data", f"{{{p}:property_data}}:queue")] == 2
-    assert counts[("claiming", f"{{{p}}}:claiming:w-old-2", f"{{{p}:<type>}}:queue")] == 5
+    assert counts[("claiming", f"{{{p}}}:claiming:{CLAIMER}", f"{{{p}:<type>}}:queue")] == 5
     assert counts[("dead letters", f"{{{p}}}:failed_tasks", f"{{{p}:property_data}}:failed_tasks")] == 2
     assert counts[("drop", f"{{{p}}}:task_lock:*", "")] == 3
     done = upgrade_layout(r, p, TASK_TYPES)
@@ -354,18 +357,18 @@ def test_refuses_while_a_worker_is_alive_unless_forced(redis_client: redis.Redis
     # Given an old layout and a worker still beating (its liveness key lives)
     r, p = redis_client, key_prefix
     write_old_layout(r, p)
-    r.set(f"{{{p}}}:worker:w-live", "beat", px=60_000)
+    r.set(f"{{{p}}}:worker:{LIVE}", "beat", px=60_000)
     before = dump(raw_client, p)
     # When upgraded without --force: refused, nothing changed
     with pytest.raises(WorkersAlive) as refused:
         upgrade_layout(r, p, TASK_TYPES)
-    assert refused.value.worker_ids == ("w-live",) and "--force" in str(refused.value)
+    assert refused.value.worker_ids == (LIVE,) and "--force" in str(refused.value)
     assert dump(raw_client, p) == before
     # And a dry run shows the plan and the live worker
-    assert upgrade_layout(r, p, TASK_TYPES, dry_run=True).live_workers == ("w-live",)
+    assert upgrade_layout(r, p, TASK_TYPES, dry_run=True).live_workers == (LIVE,)
     # And with force it runs; the liveness key is the registry's, left alone
     assert upgrade_layout(r, p, TASK_TYPES, force=True).moved > 0
-    assert r.exists(f"{{{p}}}:worker:w-live") and old_layout_present(r, p, TASK_TYPES) == []
+    assert r.exists(f"{{{p}}}:worker:{LIVE}") and old_layout_present(r, p, TASK_TYPES) == []
 
 
 def test_nothing_to_do_is_not_refused_for_live_workers(redis_client: redis.Redis, key_prefix: str) -> None:
@@ -419,7 +422,7 @@ def test_the_command_refuses_live_workers_with_exit_1_until_forced(redis_client:
                                                                    cli_env: dict[str, str]) -> None:
     r, p = redis_client, key_prefix
     write_old_layout(r, p)
-    r.set(f"{{{p}}}:worker:w-live", "beat", px=60_000)
+    r.set(f"{{{p}}}:worker:{LIVE}", "beat", px=60_000)
     done = campaignctl(cli_env, "upgrade-redis")
     assert done.returncode == 1 and done.stdout == ""
     line, = done.stderr.strip().splitlines()
