@@ -158,7 +158,9 @@ class Step:
     entries: int
     #: After a run: entries moved (keys, for a family or a drop); None in a plan.
     done: int | None = None
+    #: The task type the step is about, if one.
     task_type: str | None = None
+    #: What a person should know: why a key is dropped, what a merge kept.
     note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -223,8 +225,9 @@ def upgrade_layout(client: redis.Redis, prefix: str, task_types: Sequence[str], 
                    force: bool = False) -> UpgradeReport:
     """Move every key of the single-tag layout under ``prefix`` into the per-type layout (see the module docstring).
 
-    ``client`` decodes responses (as engine.connection.connect makes it). With
-    ``dry_run`` only the plan: what there is, key by key, and nothing changed. Raises ``UpgradeRefused`` on a Redis Cluster client, and
+    ``client`` decodes responses (as engine.connection.connect makes it).
+    With ``dry_run`` only the plan: what there is, key by key, and nothing
+    changed. Raises ``UpgradeRefused`` on a Redis Cluster client, and
     ``WorkersAlive`` while a worker's liveness key exists and there is
     something to move (unless ``force``), before changing anything.
     """
