@@ -24,7 +24,8 @@ import redis
 
 from engine import upgrade
 from engine.task import Task
-from engine.upgrade import WorkersAlive, old_layout_present, upgrade_layout
+from engine.upgrade import UpgradeRefused, WorkersAlive, old_layout_present, upgrade_layout
+from tests.servers import RedisClusterServer, serve_or_fail
 from workflow.states import TASK_TYPES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -377,6 +378,26 @@ def test_nothing_to_do_is_not_refused_for_live_workers(redis_client: redis.Redis
     r.set(f"{{{p}}}:worker:w-new", "beat", px=60_000)
     # Then a run finds nothing to do and says so, rather than refusing
     assert upgrade_layout(r, p, TASK_TYPES).nothing_to_do
+
+
+@pytest.fixture(scope="module")
+def redis_cluster() -> Iterator[RedisClusterServer]:
+    yield from serve_or_fail(lambda: RedisClusterServer(masters=3, replicas=0))
+
+
+def test_refuses_a_cluster_client_before_touching_anything(redis_cluster: RedisClusterServer,
+                                                           key_prefix: str) -> None:
+    # Given a Redis Cluster client (the old layout never ran there; its keys would all sit in one slot)
+    client = redis.RedisCluster.from_url(redis_cluster.url, decode_responses=True)
+    try:
+        client.rpush(f"{{{key_prefix}}}:queue:property_data", "x")
+        # Then the start-up check still answers, and the upgrade refuses with the reason
+        assert old_layout_present(client, key_prefix, TASK_TYPES) == [f"{{{key_prefix}}}:queue:property_data"]
+        with pytest.raises(UpgradeRefused, match="full sweep rebuilds every task from the database"):
+            upgrade_layout(client, key_prefix, TASK_TYPES)
+        assert client.lrange(f"{{{key_prefix}}}:queue:property_data", 0, -1) == ["x"]
+    finally:
+        client.close()
 
 
 # -- the command ------------------------------------------------------------------------------
