@@ -50,7 +50,6 @@ from typing import Any
 import attrs
 import redis
 
-from engine.connection import is_cluster
 from engine.controls import ControlKeys
 from engine.keys import Keys
 from engine.scripts import LUA_DIR, compose
@@ -206,7 +205,7 @@ class UpgradeReport:
         }
 
 
-def old_layout_present(client: redis.Redis, prefix: str, task_types: Iterable[str]) -> list[str]:
+def old_layout_present(client: redis.Redis | redis.RedisCluster, prefix: str, task_types: Iterable[str]) -> list[str]:
     """The old-layout keys that exist among each type's ready list, in-flight hash and delayed set, and the leases.
 
     Cheap enough for every start-up (one EXISTS each, pipelined, no SCAN): a
@@ -221,8 +220,8 @@ def old_layout_present(client: redis.Redis, prefix: str, task_types: Iterable[st
     return [name for name, found in zip(names, pipe.execute()) if found]
 
 
-def upgrade_layout(client: redis.Redis, prefix: str, task_types: Sequence[str], *, dry_run: bool = False,
-                   force: bool = False) -> UpgradeReport:
+def upgrade_layout(client: redis.Redis | redis.RedisCluster, prefix: str, task_types: Sequence[str], *,
+                   dry_run: bool = False, force: bool = False) -> UpgradeReport:
     """Move every key of the single-tag layout under ``prefix`` into the per-type layout (see the module docstring).
 
     ``client`` decodes responses (as engine.connection.connect makes it).
@@ -231,7 +230,7 @@ def upgrade_layout(client: redis.Redis, prefix: str, task_types: Sequence[str], 
     ``WorkersAlive`` while a worker's liveness key exists and there is
     something to move (unless ``force``), before changing anything.
     """
-    if is_cluster(client):
+    if isinstance(client, redis.RedisCluster):
         raise UpgradeRefused(CLUSTER_REFUSAL)
     return _Upgrade(client, prefix, tuple(task_types)).run(dry_run=dry_run, force=force)
 
