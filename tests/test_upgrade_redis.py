@@ -23,6 +23,8 @@ import pytest
 import redis
 
 from engine import upgrade
+from engine.queue import TaskQueue
+from engine.settings import EngineSettings
 from engine.task import Task
 from engine.upgrade import UpgradeRefused, WorkersAlive, old_layout_present, upgrade_layout
 from tests.servers import RedisClusterServer, serve_or_fail
@@ -378,6 +380,40 @@ def test_nothing_to_do_is_not_refused_for_live_workers(redis_client: redis.Redis
     r.set(f"{{{p}}}:worker:w-new", "beat", px=60_000)
     # Then a run finds nothing to do and says so, rather than refusing
     assert upgrade_layout(r, p, TASK_TYPES).nothing_to_do
+
+
+# -- with the engine ---------------------------------------------------------------------------
+
+
+def test_a_task_queue_claims_and_acks_every_upgraded_task(redis_client: redis.Redis, redis_url: str,
+                                                          key_prefix: str) -> None:
+    # Given an old layout, upgraded
+    r, p = redis_client, key_prefix
+    old = write_old_layout(r, p)
+    upgrade_layout(r, p, TASK_TYPES)
+    queue = TaskQueue(r, EngineSettings(redis_url=redis_url, key_prefix=p), TASK_TYPES)
+    # And the delayed tasks due now (their due times were kept; these are in the future)
+    r.zadd(f"{{{p}:market_data}}:delayed", {x.to_json(): 0 for x in old.delayed["market_data"]}, xx=True)
+    assert queue.promote_due() == 2
+    # When a worker of the new version claims (one at a time, to see the order) and acks until nothing is left
+    taken: list[Task] = []
+    while True:
+        claim = queue.claim("box-7:7:00c0ffee", list(TASK_TYPES), 1)
+        assert not claim.rejected, claim.rejected
+        if not claim.leases:
+            break
+        assert all(queue.ack_many(claim.leases))
+        taken += [lease.task for lease in claim.leases]
+    # Then it took every task exactly once, untouched: the claimed one first, then those in flight (oldest
+    # first), then the ready ones in their order
+    assert Counter(t.to_json() for t in taken) == Counter(t.to_json() for t in old.tasks())
+    assert [t.campaign_id for t in taken if t.task_type == "property_data"] == [6, 4, 5, 1, 2, 3]
+    assert queue.stats()["queues"]["property_data"] == {"key": f"{{{p}:property_data}}:queue", "ready": 0,
+                                                        "in_flight": 0, "delayed": 0}
+    # And each ack dropped its moved dedup key: the campaigns take new tasks again
+    assert all(queue.enqueue(t.task_type, t.campaign_id) is not None for t in old.tasks())
+    # And the dead letters are all listed: of a known type and of none
+    assert len(queue.dlq_list()) == 3 + 3 + 3
 
 
 @pytest.fixture(scope="module")
