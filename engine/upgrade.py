@@ -80,6 +80,13 @@ class UpgradeRefused(Exception):
     """The upgrade will not run here (a cluster) or now (live workers); nothing was changed."""
 
 
+class ClusterRefused(UpgradeRefused):
+    """The client talks to a Redis Cluster: there is nothing of the old layout there, and the scripts need one node."""
+
+    def __init__(self) -> None:
+        super().__init__(CLUSTER_REFUSAL)
+
+
 class WorkersAlive(UpgradeRefused):
     """Workers are registered and alive: the old fleet is not stopped."""
 
@@ -226,12 +233,12 @@ def upgrade_layout(client: redis.Redis | redis.RedisCluster, prefix: str, task_t
 
     ``client`` decodes responses (as engine.connection.connect makes it).
     With ``dry_run`` only the plan: what there is, key by key, and nothing
-    changed. Raises ``UpgradeRefused`` on a Redis Cluster client, and
+    changed. Raises ``ClusterRefused`` on a Redis Cluster client, and
     ``WorkersAlive`` while a worker's liveness key exists and there is
     something to move (unless ``force``), before changing anything.
     """
     if isinstance(client, redis.RedisCluster):
-        raise UpgradeRefused(CLUSTER_REFUSAL)
+        raise ClusterRefused
     return _Upgrade(client, prefix, tuple(task_types)).run(dry_run=dry_run, force=force)
 
 

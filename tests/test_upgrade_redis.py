@@ -26,7 +26,7 @@ from engine import upgrade
 from engine.queue import TaskQueue
 from engine.settings import EngineSettings
 from engine.task import Task
-from engine.upgrade import UpgradeRefused, WorkersAlive, old_layout_present, upgrade_layout
+from engine.upgrade import ClusterRefused, WorkersAlive, old_layout_present, upgrade_layout
 from tests.servers import RedisClusterServer, serve_or_fail
 from workflow.states import TASK_TYPES
 
@@ -429,7 +429,7 @@ def test_refuses_a_cluster_client_before_touching_anything(redis_cluster: RedisC
         client.rpush(f"{{{key_prefix}}}:queue:property_data", "x")
         # Then the start-up check still answers, and the upgrade refuses with the reason
         assert old_layout_present(client, key_prefix, TASK_TYPES) == [f"{{{key_prefix}}}:queue:property_data"]
-        with pytest.raises(UpgradeRefused, match="full sweep rebuilds every task from the database"):
+        with pytest.raises(ClusterRefused, match="full sweep rebuilds every task from the database"):
             upgrade_layout(client, key_prefix, TASK_TYPES)
         assert client.lrange(f"{{{key_prefix}}}:queue:property_data", 0, -1) == ["x"]
     finally:
@@ -492,14 +492,19 @@ def test_the_command_refuses_live_workers_with_exit_1_until_forced(redis_client:
 
 def test_the_command_refuses_a_cluster_and_bad_arguments_with_exit_2(redis_client: redis.Redis,
                                                                      raw_client: redis.Redis, key_prefix: str,
+                                                                     redis_cluster: RedisClusterServer,
                                                                      cli_env: dict[str, str]) -> None:
     r, p = redis_client, key_prefix
     write_old_layout(r, p)
     before = dump(raw_client, p)
-    done = campaignctl(dict(cli_env, REDIS_CLUSTER="true"), "upgrade-redis")
+    # A cluster: one line saying why there is nothing to do there
+    done = campaignctl(dict(cli_env, REDIS_CLUSTER="true", REDIS_URL=redis_cluster.url), "upgrade-redis")
     assert done.returncode == 2 and "Traceback" not in done.stderr
     line, = done.stderr.strip().splitlines()
     assert line.startswith("campaignctl upgrade-redis: REDIS_CLUSTER=true") and "full sweep" in line
+    # REDIS_CLUSTER=true against the single node: the setting is wrong, as for every command
+    done = campaignctl(dict(cli_env, REDIS_CLUSTER="true"), "upgrade-redis")
+    assert done.returncode == 2 and "unset REDIS_CLUSTER" in done.stderr and len(done.stderr.splitlines()) == 1
     for argv in (["--nope"], ["--dry-run", "extra"], ["--force=yes"]):
         done = campaignctl(cli_env, "upgrade-redis", *argv)
         assert done.returncode == 2 and "Traceback" not in done.stderr, (argv, done)

@@ -3,7 +3,7 @@
 The work is engine.upgrade's; this wires it to the settings (KEY_PREFIX,
 REDIS_URL, REDIS_CLUSTER), the application's task types and the CLI's exit
 codes: 0 done (or nothing to do), 1 refused (live workers) or Redis
-unavailable, 2 a bad argument or REDIS_CLUSTER=true. Run it once with the old
+unavailable, 2 a bad argument or a Redis Cluster (REDIS_CLUSTER=true). Run it once with the old
 fleet stopped, before the new version starts (docs/deployment.md, "Upgrading
 from the single-tag key layout").
 """
@@ -46,15 +46,17 @@ def _upgrade(args: argparse.Namespace) -> int:
     from campaignctl.context import AppContext
     from campaignctl.output import print_json
     from engine.connection import connect
-    from engine.upgrade import CLUSTER_REFUSAL, UpgradeRefused, upgrade_layout
+    from engine.upgrade import ClusterRefused, UpgradeRefused, upgrade_layout
     from workflow.states import TASK_TYPES
 
     settings = AppContext().settings
-    if settings.redis_cluster:
-        raise UsageError(CLUSTER_REFUSAL)
+    # Connected first, as every command: REDIS_CLUSTER that does not match the server, or a cluster out of reach,
+    # is explained the same way (campaignctl.config_check); a real cluster is then refused, exit 2.
     client = connect(attrs.evolve(settings, redis_socket_timeout=max(settings.redis_socket_timeout, SOCKET_TIMEOUT)))
     try:
         report = upgrade_layout(client, settings.key_prefix, TASK_TYPES, dry_run=args.dry_run, force=args.force)
+    except ClusterRefused as exc:
+        raise UsageError(str(exc)) from None
     except UpgradeRefused as exc:
         raise Refused(str(exc)) from None
     finally:
