@@ -434,3 +434,53 @@ def test_the_dashboard_shows_the_same_on_a_cluster(dashboards: tuple[tuple[World
         same(on_node, on_cluster, f"dashboard {path}")
     live = _page_text(cluster_url + "/overview/live")
     assert any("market_data" in line for line in live) and any("w-dead" in line for line in live), live
+
+
+# -- campaignctl check ----------------------------------------------------------------------------------
+
+
+def test_check_reports_the_cluster(worlds: tuple[World, World]) -> None:
+    node, cluster = worlds
+    code, out, err = cluster.spawn("check")
+    assert code == 0, err
+    assert "Redis Cluster" in out and "3 masters" in out and "all 16384 slots served" in out, out
+    assert "maxmemory-policy noeviction on all 6 nodes" in out, out
+    code, out, err = node.spawn("check")
+    assert code == 0 and "single node" in out and "maxmemory-policy noeviction" in out, out + err
+    assert cluster.spawn("check", "--quiet")[1:] == ("", "")
+
+
+def test_check_names_a_node_that_would_evict(worlds: tuple[World, World], redis_cluster: RedisClusterServer) -> None:
+    _, cluster = worlds
+    port = redis_cluster.ports[-1]
+    node = redis.Redis(port=port, decode_responses=True)
+    node.config_set("maxmemory-policy", "allkeys-lru")
+    try:
+        code, out, err = cluster.spawn("check", "--quiet")
+    finally:
+        node.config_set("maxmemory-policy", "noeviction")
+        node.close()
+    assert code == 0, err  # a warning: Redis answers, and the engine runs (warning at start-up too)
+    assert out == "" and f"127.0.0.1:{port}" in err and "allkeys-lru" in err and "noeviction" in err, err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_check_fails_naming_the_slots_no_master_serves(tmp_path: Path) -> None:
+    # Given a cluster of its own (3 masters, no replicas: nothing fails over) that loses a master
+    cluster = RedisClusterServer(masters=3, replicas=0).start()
+    try:
+        lost = cluster.master_of("{x}")
+        cluster.kill(lost)
+        url = next(f"redis://127.0.0.1:{p}/0" for p in cluster.ports if p != lost)
+        world = World("cluster", _env(url, True, f"sqlite:///{tmp_path / 'c.db'}", "t"), {})
+        runner.upgrade(world.env["DATABASE_URL"])
+        # When the operator runs check
+        code, out, err = world.spawn("check")
+    finally:
+        cluster.cleanup()
+    # Then it fails in one line naming the slots and the master that does not answer
+    assert code == 1 and out == "", out + err
+    (line,) = err.strip().splitlines()
+    assert re.match(rf"campaignctl check: Redis Cluster at {re.escape(url)}: 546[12] of 16384 slots have no master "
+                    "that answers", line), line
+    assert f"of 127.0.0.1:{lost}:" in line and "Connection refused" in line, line
