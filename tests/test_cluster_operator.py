@@ -484,3 +484,19 @@ def test_check_fails_naming_the_slots_no_master_serves(tmp_path: Path) -> None:
     assert re.match(rf"campaignctl check: Redis Cluster at {re.escape(url)}: 546[12] of 16384 slots have no master "
                     "that answers", line), line
     assert f"of 127.0.0.1:{lost}:" in line and "Connection refused" in line, line
+
+
+def test_check_fails_when_redis_url_names_a_replica(redis_server: RedisServer, tmp_path: Path) -> None:
+    # Given REDIS_URL naming a replica of the session's redis-server (it refuses every write)
+    replica = RedisServer(appendonly=False).start()
+    try:
+        redis.Redis(port=replica.port).replicaof("127.0.0.1", redis_server.port)
+        world = World("node", _env(replica.url, False, f"sqlite:///{tmp_path / 'n.db'}", "t"), {})
+        runner.upgrade(world.env["DATABASE_URL"])
+        code, out, err = world.spawn("check")
+    finally:
+        replica.cleanup()
+    # Then check fails in one line saying so
+    assert (code, out) == (1, ""), err
+    assert err == f"campaignctl check: Redis at {replica.url}: REDIS_URL names a replica, which refuses writes: " \
+                  "point it at the primary\n"
