@@ -366,7 +366,7 @@ def _limits(args: argparse.Namespace) -> int:
     if args.json:
         _print_json({"limits": status})
         return 0
-    rows = [[api, s["plan"], s["override"] or "-", s["rate"], s["burst"], f"{s['tokens']:.3f}",
+    rows = [[api, s["plan"], s["override"] or "-", s["granted"], s["burst"], f"{s['tokens']:.3f}",
              when(s["paused_until"]) if s["paused_until"] else "-", s["calls"], s["throttled"]]
             for api, s in status.items()]
     print(_table(["api", "plan", "override", "granted", "burst", "tokens", "paused until", "calls", "429s"], rows))
