@@ -33,6 +33,7 @@ import re
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,8 @@ CAMPAIGNCTL = str(Path(sys.executable).parent / "campaignctl")
 ROOT = Path(__file__).resolve().parents[1]
 #: Seconds a command may take before the test gives up on it.
 COMMAND_TIMEOUT = 60
+#: DASHBOARD_TOKEN of the dashboards the tests start (writes with it as a bearer token).
+TOKEN = "cluster-test-token"
 #: Names given to the campaigns of a world, in the order they are created.
 ROLES = ("review_a", "review_b", "error_listings", "error_market", "waiting_analysis", "failed_email",
          "to_send", "leased_market", "held_by_dead", "ready_property", "unknown_send")
@@ -311,6 +314,10 @@ def changes(world: World) -> list[tuple[str, tuple[int, list[str]]]]:
     step("retry", str(ids["error_listings"]))
     step("retry", "--all", "--stage", "market_data")
     step("resolve", str(ids["unknown_send"]), "--not-sent")
+    step("approve", str(ids["error_market"]))  # not a draft: refused, exit 1
+    step("unsubscribe", str(ids["held_by_dead"]))
+    step("approve", "--all")
+    step("retry", "--all")
     step("dlq", "requeue", world.dead_letter_id(campaign_id=ids["failed_email"], task_type="email_creation"))
     # The task found in active_listings' queue, though it names home_analysis: its list is not its type's slot.
     step("dlq", "requeue", world.dead_letter_id(task_type="home_analysis", campaign_id=ids["waiting_analysis"],
@@ -353,6 +360,7 @@ def test_changes_do_the_same_on_a_cluster(worlds: tuple[World, World]) -> None:
         same(a, b, f"campaignctl {argv}")
     codes = {argv: answer[0] for argv, answer in on_cluster}
     assert codes["dlq requeue --all"] == 1, on_cluster  # the garbage entry cannot be rebuilt: refused
+    assert codes[f"approve {cluster.ids['error_market']}"] == 1, on_cluster
     assert [argv for argv, code in codes.items() if code not in (0, 1)] == []
     # And every reader agrees afterwards
     answers = compare_readers(node, cluster)
@@ -398,7 +406,8 @@ def dashboards(worlds: tuple[World, World], tmp_path: Path) -> Iterator[tuple[tu
         for world in worlds:
             port = free_port()
             log = open(tmp_path / f"dashboard-{world.mode}.log", "wb")  # noqa: SIM115 - the child owns it
-            proc = subprocess.Popen([CAMPAIGNCTL, "dashboard", "--port", str(port)], env=world.env, stdout=log,
+            proc = subprocess.Popen([CAMPAIGNCTL, "dashboard", "--port", str(port)],
+                                    env={**world.env, "DASHBOARD_TOKEN": TOKEN}, stdout=log,
                                     stderr=subprocess.STDOUT, start_new_session=True)
             log.close()
             started.append((world, f"http://127.0.0.1:{port}", proc))
@@ -434,6 +443,16 @@ def test_the_dashboard_shows_the_same_on_a_cluster(dashboards: tuple[tuple[World
         same(on_node, on_cluster, f"dashboard {path}")
     live = _page_text(cluster_url + "/overview/live")
     assert any("market_data" in line for line in live) and any("w-dead" in line for line in live), live
+    # And its writes do the same: retry a campaign in ERROR, approve a draft (each queues a task)
+    for action, role in (("retry", "error_listings"), ("approve", "review_a")):
+        answers = [requests.post(f"{url}/campaigns/{ids[role]}/{action}", headers={"Authorization": f"Bearer {TOKEN}"},
+                                 allow_redirects=False, timeout=10) for url in (node_url, cluster_url)]
+        assert [a.status_code for a in answers] == [303, 303], [a.text for a in answers]
+        same(*(_HEX.sub("<id>", a.headers["location"]) for a in answers), f"dashboard POST {action}")
+        assert " -> " in urllib.parse.unquote(answers[1].headers["location"]), answers[1].headers["location"]
+    same(*(mask(w.json("queues")) for w in (node, cluster)), "queues --json after the dashboard's writes")
+    queues = cluster.json("queues")["queues"]
+    assert (queues["active_listings"]["ready"], queues["email_sending"]["ready"]) == (1, 1)
 
 
 # -- campaignctl check ----------------------------------------------------------------------------------
