@@ -54,6 +54,7 @@ from engine.ratelimit import RateLimiter
 from engine.task import Task
 from migrations import runner
 from tests.servers import RedisClusterServer, RedisServer, free_port, stop_groups
+from tests.test_dispatch_modes import spread_prefix
 from tests.test_operations import with_draft
 from tests.workflow.helpers import TO_REVIEW, drive, new_campaigns
 from workflow.states import TASK_TYPES
@@ -207,8 +208,9 @@ def build_world(mode: str, redis_url: str, db_url: str, prefix: str) -> World:
 @pytest.fixture
 def worlds(tmp_path: Path, key_prefix: str, redis_server: RedisServer,
            redis_cluster: RedisClusterServer) -> tuple[World, World]:
-    node = build_world("node", redis_server.url, f"sqlite:///{tmp_path / 'node.db'}", key_prefix)
-    cluster = build_world("cluster", redis_cluster.url, f"sqlite:///{tmp_path / 'cluster.db'}", key_prefix)
+    prefix = spread_prefix(key_prefix, redis_cluster)  # the task types' slots on every master
+    node = build_world("node", redis_server.url, f"sqlite:///{tmp_path / 'node.db'}", prefix)
+    cluster = build_world("cluster", redis_cluster.url, f"sqlite:///{tmp_path / 'cluster.db'}", prefix)
     assert node.ids == cluster.ids
     return node, cluster
 
