@@ -827,7 +827,10 @@ def requeue_dead_letter(ctx: AppContext, entry_id: str) -> ActionResult:
         # The campaign still waits for this step (a malformed payload never moved it): a fresh task is the fix.
         from engine.queue import TaskQueue
 
-        out = TaskQueue(ctx.redis, ctx.settings, TASK_TYPES).dlq_requeue(entry_id)
+        queue = TaskQueue(ctx.redis, ctx.settings, TASK_TYPES)
+        out = queue.dlq_requeue(entry_id)
+        if out["unusable"] and queue.cluster:
+            out = _requeue_across_slots(ctx, queue, entry_id, task_type, cid)
         if out["requeued"]:
             return ActionResult("dlq-requeue", cid, True, OK, f"campaign {cid}: queued a fresh {task_type} task",
                                 status.value, stage.value)
@@ -851,7 +854,30 @@ def requeue_dead_letter(ctx: AppContext, entry_id: str) -> ActionResult:
     return result
 
 
-def _remove_entry(ctx: AppContext, entry_id: str) -> None:
+def _requeue_across_slots(ctx: AppContext, queue: Any, entry_id: str, task_type: str,
+                          campaign_id: int) -> dict[str, list[str]]:
+    """Requeue a dead letter kept in another type's list, on Redis Cluster: what dlq_requeue.lua does, in two steps.
+
+    A payload found in the wrong queue is dead-lettered into the list of the
+    queue it was found in, while its task belongs to another type: on a
+    cluster that list and the type's queue live in different slots, so the one
+    script cannot touch both (the engine answers "unusable"). Each step here is
+    atomic in its own slot: queue a fresh task (deduplicated: at most one live
+    task per campaign and type), then remove the entry. A crash between the two
+    leaves the entry; requeueing it again finds the task live and removes it.
+    """
+    task = queue.enqueue(task_type, campaign_id)
+    removed = _remove_entry(ctx, entry_id)
+    out: dict[str, list[str]] = {"requeued": [], "already_live": [], "unusable": [], "not_found": []}
+    if not removed and task is None:
+        out["not_found"].append(entry_id)  # someone else requeued or purged it meanwhile
+    else:
+        out["requeued" if task is not None else "already_live"].append(entry_id)
+    return out
+
+
+def _remove_entry(ctx: AppContext, entry_id: str) -> bool:
+    """Remove one dead letter by its id or its task's id; False when none is left."""
     from engine.queue import TaskQueue
 
     for key in TaskQueue(ctx.redis, ctx.settings, TASK_TYPES).dlq_keys():
@@ -863,5 +889,6 @@ def _remove_entry(ctx: AppContext, entry_id: str) -> None:
             task = data.get("task") if isinstance(data, dict) else None
             if isinstance(data, dict) and entry_id in (str(data.get("id")),
                                                        str(task.get("task_id")) if isinstance(task, dict) else None):
-                ctx.redis.lrem(key, 1, raw)
-                return
+                if ctx.redis.lrem(key, 1, raw):
+                    return True
+    return False

@@ -125,6 +125,7 @@ def test_pause_resume_and_rate_override_from_the_cli(ctx: AppContext, capsys: py
     assert code == 0 and "16/min" in out
     code, out, _ = run(capsys, "limits")
     assert code == 0 and "16/min" in out and "429s" in out
+    assert "15.68/min" in out  # granted, in the plan's unit (16/min at the default 0.98 headroom)
     assert json.loads(run(capsys, "limits", "--json")[1])["limits"]["bedrock"]["override"] == "16/min"
     assert "back to the configured 8/min" in run(capsys, "limits", "--clear", "bedrock")[1]
     code, _, err = run(capsys, "limits", "--set", "nosuch", "1/s")

@@ -6,11 +6,15 @@ the queues in queue mode) and a migrated PostgreSQL database. Both must bring
 every campaign to SENT through the same machine, with the legacy status
 columns matching the new position on every row, a legal history, and no email
 sent twice. A side-by-side run (both modes at once, as during the rollout)
-must be just as correct.
+must be just as correct. The queue dispatch runs on a Redis Cluster too
+(3 masters + 3 replicas), where each task type's keys live in their own
+slot: the same checks hold, and the queues are seen to live on more than
+one master.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -22,24 +26,27 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import requests
 from sqlalchemy import select
 
 from campaignctl.polling import PollingContext, PollingDispatcher, _size_pool, parse_dispatch_mode
 from engine.errors import Transient
+from engine.keys import Keys
 from engine.outcome import Action
 from engine.registry import Handler, Registry
 from engine.retry import RetryPolicy
 from engine.task import Task
-from tests.servers import free_port, stop_groups
+from tests.servers import RedisClusterServer, free_port, stop_groups
 from workflow import machine
 from workflow.db import make_engine
 from workflow.legacy import LEGACY_COLUMNS, legacy_columns
 from workflow.models import Base, Campaign
-from workflow.states import Stage, Status
+from workflow.states import TASK_TYPES, Stage, Status
 from workflow.store import CampaignStore, Expect
 
 BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[1]
 #: Campaigns per end-to-end run.
 CAMPAIGNS = 3
 #: Sandbox time scale and RATE_SCALE: Zillow's 10/min runs at 10/s.
@@ -50,6 +57,8 @@ RUN_TIMEOUT = 90.0
 STOP_GRACE = 15.0
 #: Poller threads of the concurrency test: more than the old pool (5 + 10 overflow) could serve.
 CONCURRENCY = 20
+#: How often the cluster run looks at which slots hold its keys, in s.
+SLOT_WATCH_EVERY = 0.05
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -61,6 +70,8 @@ class Services:
         self.env = env
         self.log_dir = log_dir
         self.procs: list[tuple[str, subprocess.Popen[bytes], Path]] = []
+        #: The Redis Cluster the services run on (None: a single redis-server).
+        self.cluster: RedisClusterServer | None = None
 
     def run(self, *args: str, **extra_env: str) -> None:
         result = subprocess.run([str(BIN / "campaignctl"), *args], env={**self.env, **extra_env},
@@ -87,14 +98,49 @@ class Services:
         stop_groups((proc for _, proc, _ in self.procs), STOP_GRACE)
 
 
+def spread_prefix(base: str, cluster: RedisClusterServer) -> str:
+    """A key prefix (``base`` plus a suffix) whose task types' queues land on every master of ``cluster``.
+
+    Each type's slot follows from the prefix's hash; 7 types on 3 masters all
+    land on one master for about 1 prefix in 700. Picking a prefix that spans
+    the masters keeps the test from depending on that luck.
+    """
+    probe = redis.RedisCluster.from_url(cluster.url)
+    masters = len(probe.get_primaries())
+    try:
+        for i in range(1000):
+            prefix = f"{base}s{i}"
+            owners = {probe.nodes_manager.get_node_from_slot(probe.keyslot(Keys(prefix).queue(t))).name
+                      for t in TASK_TYPES}
+            if len(owners) == masters:
+                return prefix
+    finally:
+        probe.close()
+    raise AssertionError("no key prefix spreads the queues over every master")
+
+
 @pytest.fixture
-def services(redis_url: str, pg_url: str, key_prefix: str, tmp_path: Path) -> Iterator[Services]:
+def services(request: pytest.FixtureRequest, pg_url: str, key_prefix: str, tmp_path: Path) -> Iterator[Services]:
+    """The services' environment on a migrated, seeded PostgreSQL and a running sandbox.
+
+    Redis is the session's redis-server, or with ``indirect`` parameter
+    ``"cluster"`` the session's Redis Cluster (REDIS_CLUSTER=true).
+    """
+    mode = getattr(request, "param", "node")
     port = free_port()
+    if mode == "cluster":
+        cluster: RedisClusterServer = request.getfixturevalue("redis_cluster")
+        redis_url, key_prefix = cluster.url, spread_prefix(key_prefix, cluster)
+    else:
+        redis_url = request.getfixturevalue("redis_server").url
     env = {
         "PATH": os.environ.get("PATH", ""),
         "HOME": os.environ.get("HOME", "/tmp"),
+        # The code under test (a git worktree), not whichever checkout the virtualenv was installed from.
+        "PYTHONPATH": str(ROOT),
         "DATABASE_URL": pg_url,
         "REDIS_URL": redis_url,
+        "REDIS_CLUSTER": "true" if mode == "cluster" else "false",
         "KEY_PREFIX": key_prefix,
         "SANDBOX_URL": f"http://127.0.0.1:{port}",
         "RATE_SCALE": str(SCALE),
@@ -108,6 +154,8 @@ def services(redis_url: str, pg_url: str, key_prefix: str, tmp_path: Path) -> It
         "PYTHONUNBUFFERED": "1",
     }
     svc = Services(env, tmp_path)
+    if mode == "cluster":
+        svc.cluster = cluster
     try:
         svc.run("migrate")
         svc.run("seed", "--count", str(CAMPAIGNS))
@@ -125,6 +173,44 @@ def services(redis_url: str, pg_url: str, key_prefix: str, tmp_path: Path) -> It
         yield svc
     finally:
         svc.stop()
+
+
+class SlotWatch:
+    """Watches, while a cluster run goes on, which task types' slots hold keys of the run, and on which master.
+
+    Every SLOT_WATCH_EVERY s it asks each type's slot how many keys it holds
+    (CLUSTER COUNTKEYSINSLOT, answered by the master that serves the slot)
+    and which master that is; ``seen`` maps a type to the masters seen
+    holding keys of its slot. (Other tests' keys could share a slot only by
+    a 1-in-16384 hash collision of their prefix.)
+    """
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.client = redis.RedisCluster.from_url(env["REDIS_URL"], decode_responses=True)
+        keys = Keys(env["KEY_PREFIX"])
+        self.slots = {t: self.client.keyslot(keys.queue(t)) for t in TASK_TYPES}
+        self.seen: dict[str, set[str]] = {t: set() for t in TASK_TYPES}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> SlotWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self.client.close()
+
+    def _run(self) -> None:
+        while not self._stop.wait(SLOT_WATCH_EVERY):
+            for task_type, slot in self.slots.items():
+                node = self.client.nodes_manager.get_node_from_slot(slot)
+                if self.client.cluster_countkeysinslot(slot):
+                    self.seen[task_type].add(node.name)
+
+    def masters(self) -> set[str]:
+        return set().union(*self.seen.values())
 
 
 def _wait_all_sent(svc: Services, pg_url: str) -> dict[str, int]:
@@ -167,23 +253,63 @@ def _check_database(pg_url: str) -> None:
         engine.dispose()
 
 
-def _check_sandbox(svc: Services) -> None:
+def _check_fleet_gauges(svc: Services, port: int) -> None:
+    """Recovery's /metrics catches up with the finished run (its snapshot is at most FLEET_REFRESH old)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    deadline = time.monotonic() + 20
+    while True:
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for family in text_string_to_metric_families(text) for s in family.samples}
+        got = {
+            "sent": samples.get(("campaign_engine_campaigns", (("status", "SENT"),))),
+            "queued": sum(v for (n, _), v in samples.items() if n == "campaign_engine_queue_tasks"),
+            "queue_gauges": sum(1 for (n, _) in samples if n == "campaign_engine_queue_tasks"),
+            "alive": samples.get(("campaign_engine_workers", (("state", "alive"),))),
+        }
+        want = {"sent": CAMPAIGNS, "queued": 0, "queue_gauges": 3 * len(TASK_TYPES), "alive": 2}
+        if got == want:
+            return
+        assert time.monotonic() < deadline, f"fleet gauges {got}, expected {want}\n{svc.logs()}"
+        time.sleep(0.5)
+
+
+def _check_sandbox(svc: Services, *, no_429: bool = False) -> None:
+    """Every campaign's email accepted once; with ``no_429``, no provider answered 429 (the shared limiter held)."""
     stats = requests.get(f"{svc.env['SANDBOX_URL']}/_sandbox/stats", timeout=5).json()
     emails = stats.get("emails", {})
     assert sum(emails.values()) == CAMPAIGNS and max(emails.values()) == 1, emails
     print(f"calls {stats.get('calls')} 429s {stats.get('throttled')}")
+    if no_429:
+        assert not any(stats.get("throttled", {}).values()), stats
 
 
+@pytest.mark.parametrize("services", ["node", pytest.param("cluster", marks=pytest.mark.cluster)], indirect=True)
 def test_queue_dispatch_end_to_end(services: Services, pg_url: str) -> None:
-    # Given queue-mode workers, a producer and recovery
-    services.start("producer", "producer")
-    services.start("recovery", "recovery")
-    for i in range(2):
-        services.start(f"worker-{i}", "worker", "--concurrency", "4", DISPATCH_MODE="queue")
-    # Then every campaign is sent once, with correct legacy columns and a legal history
-    _wait_all_sent(services, pg_url)
+    cluster = services.env["REDIS_CLUSTER"] == "true"
+    # Given queue-mode workers, a producer and recovery (on a cluster: watching where the queues' keys live)
+    with SlotWatch(services.env) if cluster else contextlib.nullcontext() as watch:
+        services.start("producer", "producer")
+        metrics_port = free_port()  # recovery exports the fleet gauges
+        services.start("recovery", "recovery", METRICS_PORT=str(metrics_port), METRICS_HOST="127.0.0.1")
+        for i in range(2):
+            services.start(f"worker-{i}", "worker", "--concurrency", "4", DISPATCH_MODE="queue")
+        # Then every campaign is sent once, with correct legacy columns and a legal history, and no 429
+        _wait_all_sent(services, pg_url)
     _check_database(pg_url)
-    _check_sandbox(services)
+    _check_sandbox(services, no_429=True)
+    # And recovery's fleet gauges, read from every slot, show it: all SENT, every queue empty, two live workers
+    _check_fleet_gauges(services, metrics_port)
+    if watch is not None:
+        # And on a cluster every task type's keys lived in its own slot, on more than one master
+        assert all(watch.seen.values()), watch.seen
+        assert len(watch.masters()) > 1, watch.seen
+        # (and redis-cli's CLUSTER KEYSLOT / CLUSTER SLOTS name the same master for each queue key)
+        keys = Keys(services.env["KEY_PREFIX"])
+        assert services.cluster is not None
+        assert {t: {f"127.0.0.1:{services.cluster.master_of(keys.queue(t))}"} for t in TASK_TYPES} == watch.seen
+        print(f"task types per master: { {m: sorted(t for t, s in watch.seen.items() if m in s) for m in watch.masters()} }")
 
 
 def test_polling_dispatch_end_to_end(services: Services, pg_url: str) -> None:

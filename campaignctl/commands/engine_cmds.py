@@ -366,7 +366,7 @@ def _limits(args: argparse.Namespace) -> int:
     if args.json:
         _print_json({"limits": status})
         return 0
-    rows = [[api, s["plan"], s["override"] or "-", s["rate"], s["burst"], f"{s['tokens']:.3f}",
+    rows = [[api, s["plan"], s["override"] or "-", s["granted"], s["burst"], f"{s['tokens']:.3f}",
              when(s["paused_until"]) if s["paused_until"] else "-", s["calls"], s["throttled"]]
             for api, s in status.items()]
     print(_table(["api", "plan", "override", "granted", "burst", "tokens", "paused until", "calls", "429s"], rows))
@@ -374,15 +374,25 @@ def _limits(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from campaignctl import wiring
+    """Redis (one node, or every node of a cluster: slots served, eviction policy) and the database answer."""
+    from campaignctl import redis_check, wiring
+    from engine.connection import connect
     from engine.redact import redact_url
 
     ctx = _ctx()
-    ctx.redis.ping()
+    client = connect(ctx.settings, check=False)  # the eviction policy is looked at below, on every node
+    try:
+        report = redis_check.inspect(client)
+    finally:
+        client.close()
+    where = f"Redis{' Cluster' if report.cluster else ''} at {redact_url(ctx.settings.redis_url)}"
+    for warning in report.warnings:
+        print(f"campaignctl check: warning: {warning}", file=sys.stderr)
+    if report.problems:
+        raise Refused(f"{where}: {'; '.join(report.problems)}")
     wiring.ping_database(ctx)
     if not args.quiet:
-        print(f"ok: Redis at {redact_url(ctx.settings.redis_url)} and the database at "
-              f"{redact_url(ctx.database_url)} answer")
+        print(f"ok: {where} ({report.summary()}) and the database at {redact_url(ctx.database_url)} answer")
     return 0
 
 
