@@ -509,3 +509,20 @@ def test_the_command_refuses_a_cluster_and_bad_arguments_with_exit_2(redis_clien
         done = campaignctl(cli_env, "upgrade-redis", *argv)
         assert done.returncode == 2 and "Traceback" not in done.stderr, (argv, done)
     assert dump(raw_client, p) == before
+
+
+def test_services_refuse_to_start_on_the_old_layout_until_it_is_upgraded(
+        redis_client: redis.Redis, key_prefix: str, cli_env: dict[str, str]) -> None:
+    # Given a Redis the old version ran on, and a migrated database
+    write_old_layout(redis_client, key_prefix)
+    assert campaignctl(cli_env, "migrate").returncode == 0
+    # When a service of this version starts, it refuses in one line naming the command (it would never see that work)
+    for argv in (["producer", "--once"], ["recovery", "--once"], ["worker", "--burst"]):
+        done = campaignctl(cli_env, *argv)
+        assert done.returncode == 1, (argv, done.stdout, done.stderr)
+        lines = [line for line in done.stderr.splitlines() if "old single-tag key layout" in line]
+        assert lines and "campaignctl upgrade-redis" in lines[0] and "Traceback" not in done.stderr, done.stderr
+    # And once upgraded it starts
+    assert campaignctl(cli_env, "upgrade-redis", "--force").returncode == 0
+    done = campaignctl(cli_env, "producer", "--once")
+    assert done.returncode == 0, done.stderr

@@ -159,7 +159,20 @@ def _services_up(ctx: Any, args: argparse.Namespace, stop: Any) -> bool:
             raise
         except Exception as exc:  # noqa: BLE001 - reported as a refusal, without a traceback
             raise Refused(f"{what} is unavailable: {describe(exc)}") from None
+    _refuse_old_layout(ctx)
     return True
+
+
+def _refuse_old_layout(ctx: Any) -> None:
+    """A service of this version never looks at the old single-tag keys: work there would wait for nobody."""
+    from engine.upgrade import old_layout_present
+    from workflow.states import TASK_TYPES
+
+    found = old_layout_present(ctx.redis, ctx.settings.key_prefix, TASK_TYPES)
+    if found:
+        raise Refused(f"Redis holds work in the old single-tag key layout ({', '.join(found[:3])}"
+                      f"{', …' if len(found) > 3 else ''}): stop the old fleet and run `campaignctl upgrade-redis` "
+                      "first (docs/deployment.md, \"Upgrading from the single-tag key layout\")")
 
 
 def _worker(args: argparse.Namespace) -> int:

@@ -25,7 +25,7 @@ from engine.retry import RetryPolicy
 from engine.settings import EngineSettings
 from engine.task import Task
 from engine.worker import Worker
-from tests.engine.conftest import TYPES, beat, wait_for
+from tests.engine.conftest import TYPES, beat, client_for, wait_for
 from tests.servers import RedisServer, free_port
 
 
@@ -323,7 +323,7 @@ def test_finding_8_a_slow_dead_letter_hook_does_not_stop_the_heartbeat(
     registry = Registry()
     release = threading.Event()
     registry.register("alpha", lambda task, ctx: release.wait(20), RetryPolicy(time_limit=0.2))
-    checker = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    checker = client_for(settings.redis_url, settings.redis_cluster)
 
     def slow_hook(task: Task | None, reason: str, error: str | None) -> None:
         for _ in range(int(3 * settings.liveness_ttl / 0.05)):
