@@ -135,12 +135,33 @@ class RateLimiter:
         """
         b = self._args(api)
         max_wait_us = max(0, int(max_wait * US))
+        fresh_us = self.fresh_us
         try:
             granted, wait_us, now_us = self.redis.evalsha(self._acquire_token.sha, 3, *b.keys, b.rate, b.burst,
-                                                          max_wait_us)
+                                                          max_wait_us, fresh_us)
         except NoScriptError:  # a restarted or flushed script cache: the Script loads it again
-            granted, wait_us, now_us = self._acquire_token(keys=b.keys, args=(b.rate, b.burst, max_wait_us))
+            granted, wait_us, now_us = self._acquire_token(keys=b.keys, args=(b.rate, b.burst, max_wait_us, fresh_us))
         return Grant(granted == 1, wait_us / US, now_us / US)
+
+    @property
+    def fresh_us(self) -> int:
+        """How long after its first call a bucket without keys opens, µs (see acquire_token.lua): the longest
+        wait any caller is ever promised, so the slots promised before Redis lost the keys have all passed."""
+        return max(0, int(self.settings.max_token_sleep * US))
+
+    def prime(self) -> list[str]:
+        """Open now the buckets that have no keys (a fleet starting from nothing); returns the APIs primed.
+
+        Only for the first worker of a fleet (no worker registered): a bucket
+        without keys otherwise opens MAX_TOKEN_SLEEP after its first call, in
+        case Redis lost it while callers still slept on its slots.
+        """
+        primed = []
+        for api in self.limits:
+            keys = self._bucket(api)
+            if self.scripts.prime_bucket(keys=[keys[0], keys[1]]):
+                primed.append(api)
+        return primed
 
     def acquire(self, api: str) -> Grant:
         """Take one token now, or say how long until one would be ours (reserving nothing). Never blocks."""
@@ -176,7 +197,8 @@ class RateLimiter:
         for i, (api, limit) in enumerate(self.limits.items()):
             tokens_raw, last_raw, paused_raw = values[1 + 3 * i: 4 + 3 * i]
             rate = self.rate(api)
-            tokens, last = bucket_at(tokens_raw, last_raw, paused_raw, now, rate, limit.burst)
+            tokens, last = bucket_at(tokens_raw, last_raw, paused_raw, now, rate, limit.burst,
+                                     0 if tokens_raw is not None else self.fresh_us)
             paused = int(paused_raw) if paused_raw is not None and int(paused_raw) > now else None
             out[api] = {
                 "rate": rate,
@@ -192,12 +214,13 @@ class RateLimiter:
 
 
 def bucket_at(tokens_raw: str | None, last_raw: str | None, paused_raw: str | None, now: int, rate: float,
-              burst: int) -> tuple[float, int]:
+              burst: int, fresh: int = 0) -> tuple[float, int]:
     """(tokens, the server time in µs they are counted at) of a bucket at ``now`` (µs), as acquire_token.lua
     sees it: a pause not yet applied empties it until the reopen (or the last promised slot), and it refills
-    at ``rate``/s up to ``burst`` from then on. Tokens below zero are promised; a later time is a reopen."""
-    tokens = float(tokens_raw) if tokens_raw is not None else float(burst)
-    last = int(last_raw) if last_raw is not None else 0
+    at ``rate``/s up to ``burst`` from then on. Tokens below zero are promised; a later time is a reopen.
+    A bucket without keys is empty and opens ``fresh`` µs after its first call (here: after ``now``)."""
+    tokens = float(tokens_raw) if tokens_raw is not None else 0.0
+    last = int(last_raw) if last_raw is not None else now + fresh
     paused = int(paused_raw) if paused_raw is not None else 0
     if paused > last:
         last = max(paused, last + math.ceil(max(0.0, -tokens) / rate * US))

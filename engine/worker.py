@@ -176,6 +176,7 @@ class Worker:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, self._on_signal)
         logcontext.set_worker(self.worker_id)
+        self._prime_buckets()
         self._beat()
         heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         heartbeat.start()
@@ -194,6 +195,24 @@ class Worker:
             self._overdue.put(None)
             reaper.join(timeout=5.0)
         return 0
+
+    def _prime_buckets(self) -> None:
+        """The first worker of a fleet (none registered yet) opens the buckets that have no keys now.
+
+        Otherwise a bucket without keys opens MAX_TOKEN_SLEEP after its first
+        call (acquire_token.lua: Redis may have lost it while callers slept on
+        its slots). With no worker registered there is nobody asleep on one.
+        """
+        if self.limiter is None:
+            return
+        try:
+            if self.redis.hlen(self.keys.workers) == 0:
+                primed = self.limiter.prime()
+                if primed:
+                    log.info("worker %s: first of the fleet, rate-limit buckets open now: %s", self.worker_id,
+                             ", ".join(primed))
+        except redis.RedisError as exc:
+            log.info("could not prime the rate-limit buckets (%s); they open MAX_TOKEN_SLEEP after first use", exc)
 
     def _claim_loop(self) -> None:
         next_promote = 0.0

@@ -24,6 +24,8 @@ KEYS[3] string  P:ratelimit:{<api>}:paused_until  server time the bucket reopens
 ARGV[1] rate in tokens per second (already scaled)
 ARGV[2] burst: bucket capacity in tokens
 ARGV[3] longest wait the caller will sleep, µs (absent or 0: a token free now, or nothing)
+ARGV[4] how long after now a bucket without keys opens, µs: the longest wait any caller is ever
+        promised (MAX_TOKEN_SLEEP), so that a slot promised before the keys were lost has passed
 returns {reserved 1|0, wait in µs until the token is the caller's (refused: until it would have
 been), server time of the decision in µs}
 ]]
@@ -31,15 +33,18 @@ been), server time of the decision in µs}
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local max_wait = tonumber(ARGV[3] or '0')
+local fresh = tonumber(ARGV[4] or '0')
 local now = now_us()
 local state = redis.call('MGET', KEYS[1], KEYS[2], KEYS[3])
--- A bucket without keys starts empty, now: it is either new or Redis lost it (a flush, a failover
--- that lost the last writes), and then nobody knows how many calls the provider saw just before.
--- Full would hand the fleet a burst after every loss; empty costs one interval, once.
+-- A bucket without keys is new or Redis lost it (a flush, a failover that lost the last writes).
+-- Then callers may still sleep on slots it promised, up to MAX_TOKEN_SLEEP ahead, and nobody
+-- knows how many calls the provider saw just before: it starts empty and opens only once every
+-- such slot has passed (a new fleet's first worker primes its buckets to open now instead:
+-- prime_bucket.lua). Written even when the caller is refused, so the next caller sees it.
 local tokens = tonumber(state[1] or '0')
-local last = tonumber(state[2] or now)
+local last = tonumber(state[2] or (now + fresh))
 local paused = tonumber(state[3] or '0')
-local news = paused > last
+local news = paused > last or state[1] == false
 if news then
   last = math.max(paused, last + math.ceil(math.max(0, -tokens) / rate * 1000000))
   tokens = 0

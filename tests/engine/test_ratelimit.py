@@ -112,7 +112,7 @@ def test_a_slot_beyond_max_wait_reserves_nothing(redis_client: redis.Redis, sett
 def test_a_pause_empties_the_bucket_and_the_waiters_after_it_are_spread(redis_client: redis.Redis,
                                                                         settings: EngineSettings) -> None:
     # Given a full bucket of 10/s with a burst of 5
-    limiter = RateLimiter(redis_client, settings, {"api": Limit(rate=10.0, burst=5)})
+    limiter = _full(RateLimiter(redis_client, settings, {"api": Limit(rate=10.0, burst=5)}), "api")
     assert limiter.status()["api"]["tokens"] == 5
     # When a provider's 429 pauses it for 2 s, and three callers ask during the pause
     reopen = limiter.pause("api", 2.0)
@@ -128,7 +128,7 @@ def test_a_pause_empties_the_bucket_and_the_waiters_after_it_are_spread(redis_cl
 
 def test_a_pause_no_caller_saw_still_empties_the_bucket(redis_client: redis.Redis, settings: EngineSettings) -> None:
     # Given a full bucket of 2/s with a burst of 5, paused for 0.1 s
-    limiter = RateLimiter(redis_client, settings, {"api": Limit(rate=2.0, burst=5)})
+    limiter = _full(RateLimiter(redis_client, settings, {"api": Limit(rate=2.0, burst=5)}), "api")
     reopen = limiter.pause("api", 0.1)
     # (the status shows it empty before any caller has applied the pause)
     status = limiter.status()["api"]
@@ -311,3 +311,53 @@ def test_a_caller_that_comes_late_to_its_slot_gives_it_up(redis_client: redis.Re
     # Then it gives the slot up instead of calling the provider beside the next caller's slot, and its task
     # is deferred (retry_after 0), not retried
     assert late.value.retry_after == 0.0 and "late" in str(late.value)
+
+
+def test_after_redis_lost_a_bucket_no_new_slot_lands_beside_one_promised_before(
+        redis_client: redis.Redis, settings: EngineSettings) -> None:
+    """Stepped by hand: callers sleep on promised slots; Redis loses the bucket (FLUSHALL, a failover);
+    the next callers must not get slots among the old ones (the provider would see two calls in one
+    interval: the chaos suite's Zillow 429 after a flush)."""
+    limiter = RateLimiter(redis_client, settings, {"api": Limit(rate=5.0, burst=1)})
+    limiter.prime()
+    old = [limiter.reserve("api", max_wait=settings.max_token_sleep) for _ in range(4)]
+    assert all(g.granted for g in old) and old[-1].slot - old[0].slot == pytest.approx(0.6, abs=0.01)
+    # When the bucket's keys are lost while those callers sleep
+    redis_client.delete(*limiter._bucket("api"))
+    # Then the first caller after the loss is refused (its slot would be MAX_TOKEN_SLEEP away)...
+    first = limiter.reserve("api", max_wait=settings.max_token_sleep)
+    assert not first.granted and first.slot >= old[-1].slot
+    # ...and every later slot lies after every slot promised before the loss, 1/rate apart
+    time.sleep(0.25)
+    later = [limiter.reserve("api", max_wait=2 * settings.max_token_sleep) for _ in range(2)]
+    assert all(g.granted for g in later)
+    assert min(g.slot for g in later) >= old[-1].slot + 0.2 - 1e-3
+    assert later[1].slot - later[0].slot == pytest.approx(0.2, abs=1e-3)
+
+
+def test_a_new_fleet_primes_its_buckets_to_open_at_once(redis_client: redis.Redis, settings: EngineSettings) -> None:
+    limiter = RateLimiter(redis_client, settings, {"api": Limit(rate=5.0, burst=1), "other": Limit(rate=1.0)})
+    # Given buckets with no keys, the first worker of a fleet primes them: they open now, empty
+    assert limiter.prime() == ["api", "other"]
+    grant = limiter.reserve("api", max_wait=settings.max_token_sleep)
+    assert grant.granted and 0.15 < grant.slot - grant.at <= 0.2
+    # A bucket that has keys is left alone (priming twice changes nothing)
+    assert limiter.prime() == []
+    assert limiter.reserve("api", max_wait=settings.max_token_sleep).slot == pytest.approx(grant.slot + 0.2, abs=1e-3)
+
+
+def test_only_the_first_worker_of_a_fleet_primes(redis_client: redis.Redis, settings: EngineSettings,
+                                                 queue: TaskQueue) -> None:
+    registry = Registry()
+    registry.register("alpha", lambda task, ctx: None)
+    limiter = RateLimiter(redis_client, settings, {"api": Limit(rate=5.0)})
+    # A worker registered already (a running fleet: Redis may have lost the bucket under sleeping callers)
+    redis_client.hset(queue.keys.workers, "other", "{}")
+    Worker(redis_client, settings, registry, limiter, concurrency=1, burst=True, task_types=TYPES).run(
+        install_signals=False)
+    assert not redis_client.exists(limiter._bucket("api")[0])
+    # None registered (a fleet starting from nothing): the first worker primes
+    redis_client.hdel(queue.keys.workers, "other")
+    Worker(redis_client, settings, registry, limiter, concurrency=1, burst=True, task_types=TYPES).run(
+        install_signals=False)
+    assert redis_client.exists(limiter._bucket("api")[0])
