@@ -123,6 +123,8 @@ class TaskQueue:
         #: On Redis Cluster scripts cannot be pipelined (redis-py refuses EVALSHA in a cluster pipeline).
         self.cluster = is_cluster(client)
         self._rotation = 0
+        #: (worker, type) whose claim call ran and whose lease call has not answered: maybe leftovers.
+        self._unleased: set[tuple[str, str]] = set()
 
     def _run_scripts(self, calls: Sequence[tuple[Script, list[str], list[Any]]]) -> list[Any]:
         """Each (script, keys, args), answers in order: one round trip on a single node, one call each on a cluster.
@@ -204,7 +206,10 @@ class TaskQueue:
         """
         leases: list[Lease] = []
         rejected: list[dict[str, Any]] = []
-        for task_type in self._worth_claiming(worker_id, queues):
+        # Types whose last claim moved payloads that were not leased (the lease call failed) come first:
+        # claim.lua hands those leftovers back whenever their type is visited.
+        leftover = [t for t in queues if (worker_id, t) in self._unleased]
+        for task_type in leftover + [t for t in queues if t not in leftover]:
             if count and len(leases) >= count:
                 break  # count 0 (never the worker's) leases what each claiming list holds, nothing more
             claimed = self._claim_type(worker_id, task_type, count - len(leases))
@@ -214,31 +219,19 @@ class TaskQueue:
             return Claim(leases, rejected)
         task_type = queues[self._rotation % len(queues)]
         self._rotation += 1
+        self._unleased.add((worker_id, task_type))  # an answer lost to a timeout may still have moved one
         if self.redis.blmove(self.keys.queue(task_type), self.keys.claiming(task_type, worker_id), block,
                              "RIGHT", "LEFT") is None:
             return Claim([], [])
         return self._claim_type(worker_id, task_type, count)
 
-    def _worth_claiming(self, worker_id: str, queues: Sequence[str]) -> list[str]:
-        """Of ``queues``, in order, those with ready tasks or with leftovers in this worker's claiming list.
-
-        One round trip of LLENs (per shard on a cluster) instead of one claim
-        script per type: a worker that consumes seven queues would otherwise
-        pay up to seven calls to find the one that holds work.
-        """
-        if len(queues) <= 1:
-            return list(queues)
-        pipe = self.redis.pipeline(transaction=False)
-        for t in queues:
-            pipe.llen(self.keys.queue(t))
-            pipe.llen(self.keys.claiming(t, worker_id))
-        sizes = pipe.execute()
-        return [t for i, t in enumerate(queues) if sizes[2 * i] or sizes[2 * i + 1]]
-
     def _claim_type(self, worker_id: str, task_type: str, count: int) -> Claim:
         claiming = self.keys.claiming(task_type, worker_id)
+        self._unleased.add((worker_id, task_type))
         raws = self.scripts.claim(keys=[claiming, self.keys.queue(task_type)], args=[count])
-        return self._lease(worker_id, task_type, raws) if raws else Claim([], [])
+        claim = self._lease(worker_id, task_type, raws) if raws else Claim([], [])
+        self._unleased.discard((worker_id, task_type))
+        return claim
 
     def _parse_in(self, raw: str, task_type: str) -> Task:
         """A payload found among ``task_type``'s keys; one naming another type is malformed (its keys live elsewhere)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
 import redis
 
 from engine.keys import task_key
@@ -233,3 +234,29 @@ def test_retry_policy_full_jitter_is_bounded() -> None:
     for n in range(10):
         assert 0 <= policy.backoff(n) <= min(5.0, 2**n)
     assert not policy.exhausted(0) and not policy.exhausted(1) and policy.exhausted(2)
+
+
+def test_payloads_claimed_but_not_leased_come_first_at_the_next_claim(queue: TaskQueue, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Stepped: claim.lua moved a beta payload into the worker's claiming list, then the lease call failed
+    (Redis went away). Alpha always has work, so a claim that visited types in order would never reach
+    beta's leftover while the worker lives; it must come first."""
+    queue.enqueue("beta", 1)
+    for cid in range(2, 5):
+        queue.enqueue("alpha", cid)
+    original = queue._lease
+
+    def lease_fails(worker_id: str, task_type: str, raws):  # type: ignore[no-untyped-def]
+        raise redis.ConnectionError("gone")
+
+    monkeypatch.setattr(queue, "_lease", lease_fails)
+    with pytest.raises(redis.ConnectionError):
+        queue.claim("W1", ["beta"], 1)
+    monkeypatch.setattr(queue, "_lease", original)
+    assert queue.redis.llen(queue.keys.claiming("beta", "W1")) == 1
+    # When the worker claims one task from alpha then beta
+    [lease] = queue.claim("W1", ["alpha", "beta"], 1).leases
+    # Then it is the leftover, not alpha's next task
+    assert lease.task.task_type == "beta" and lease.task.campaign_id == 1
+    assert queue.redis.llen(queue.keys.claiming("beta", "W1")) == 0
+    # and afterwards alpha comes first again
+    assert queue.claim("W1", ["alpha", "beta"], 1).leases[0].task.task_type == "alpha"
