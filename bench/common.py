@@ -262,6 +262,14 @@ class RedisTarget:
                               ("mem_replication_backlog", "mem_clients_slaves", "mem_aof_buffer"))
         return total, net
 
+    def script_calls(self) -> int:
+        """EVALSHA and EVAL calls served so far, summed over the masters (INFO commandstats)."""
+        total = 0
+        for c in self.masters():
+            stats = c.info("commandstats")
+            total += sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("evalsha", "eval"))
+        return total
+
     def cpu(self) -> tuple[float, float]:
         """CPU seconds (user + sys) of the masters and of the replicas."""
         m = r = 0.0

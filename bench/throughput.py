@@ -230,6 +230,7 @@ def run_engine_on(target: common.RedisTarget, n: int, cap: float, *, concurrency
         for source in sources().values():
             c.script_load(source)
     target.settle()
+    calls0 = target.script_calls()
     before, before_net = target.used_memory()
     items = [(types[i % len(types)], i + 1) for i in range(n)]
     t0 = time.perf_counter()
@@ -268,6 +269,8 @@ def run_engine_on(target: common.RedisTarget, n: int, cap: float, *, concurrency
     finally:
         for p in procs:
             common.stop_process(p, grace=5)
+    # Every script call of the run (enqueue, claims, leases, acks, heartbeats), the tail after the timed part too.
+    memory["script calls (EVALSHA) per task, enqueue to shutdown"] = (target.script_calls() - calls0) / n
     replicas_us = ((samples[-1][1] - samples[0][1]) / drain.done * 1e6
                    if target.cluster and drain.done > 0 and len(samples) >= 2 else float("nan"))
     name = f"campaign-engine ×2 (concurrency {concurrency}), {len(types)} types, on {target.label}"
@@ -330,7 +333,7 @@ def main_cluster(args: argparse.Namespace) -> int:
           "enqueue_many; CPU per task is summed over both worker processes; every server process shares the "
           f"same {os.cpu_count()} cores)")
     print()
-    print(common.table(["memory per queued task", "engine on one node", "engine on the cluster"],
+    print(common.table(["per queued task", "engine on one node", "engine on the cluster"],
                        [[k, memory["node"].get(k, float("nan")), memory["cluster"].get(k, float("nan"))]
                         for k in memory["node"]]))
     ratio = final["cluster"].processed_per_s / at_node
