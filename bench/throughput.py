@@ -340,6 +340,12 @@ def main_cluster(args: argparse.Namespace) -> int:
     print(f"\nengine on the cluster {final['cluster'].processed_per_s:,.0f}/s, on one node {at_node:,.0f}/s: "
           f"{ratio:.2f} (per round: {' / '.join(f'{x:.2f}' for x in per_round)}); enqueue "
           f"{final['cluster'].enqueue_per_s:,.0f}/s vs {final['node'].enqueue_per_s:,.0f}/s")
+    cpu_node = final["node"].worker_cpu_us + final["node"].redis_cpu_us
+    cpu_cluster = final["cluster"].worker_cpu_us + final["cluster"].redis_cpu_us + (
+        median_replicas if median_replicas == median_replicas else 0.0)
+    print(f"CPU per task, workers + every server process: {cpu_node:.0f} µs on one node, {cpu_cluster:.0f} µs on "
+          f"the cluster: on {os.cpu_count()} shared cores the CPU-bound ceiling is {cpu_node / cpu_cluster:.2f} of "
+          "the node's")
     common.headline("engine no-op tasks/s on a 3-master cluster ÷ on one node", ratio)
     return 0
 
