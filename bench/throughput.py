@@ -273,7 +273,7 @@ def run_engine_on(target: common.RedisTarget, n: int, cap: float, *, concurrency
     memory["script calls (EVALSHA) per task, enqueue to shutdown"] = (target.script_calls() - calls0) / n
     replicas_us = ((samples[-1][1] - samples[0][1]) / drain.done * 1e6
                    if target.cluster and drain.done > 0 and len(samples) >= 2 else float("nan"))
-    name = f"campaign-engine ×2 (concurrency {concurrency}), {len(types)} types, on {target.label}"
+    name = f"campaign-engine ×2 (concurrency {concurrency}), {len(types)} type{'s' if len(types) != 1 else ''}, on {target.label}"
     return Figures.of(name, n, enq, drain), memory, replicas_us
 
 
