@@ -273,7 +273,8 @@ def run_engine_on(target: common.RedisTarget, n: int, cap: float, *, concurrency
     memory["script calls (EVALSHA) per task, enqueue to shutdown"] = (target.script_calls() - calls0) / n
     replicas_us = ((samples[-1][1] - samples[0][1]) / drain.done * 1e6
                    if target.cluster and drain.done > 0 and len(samples) >= 2 else float("nan"))
-    name = f"campaign-engine ×2 (concurrency {concurrency}), {len(types)} type{'s' if len(types) != 1 else ''}, on {target.label}"
+    kinds = f"{len(types)} type{'s' if len(types) != 1 else ''}"
+    name = f"campaign-engine ×2 (concurrency {concurrency}), {kinds}, on {target.label}"
     return Figures.of(name, n, enq, drain), memory, replicas_us
 
 
@@ -288,7 +289,9 @@ def main_cluster(args: argparse.Namespace) -> int:
         node = common.RedisTarget.of_server(node_srv)
         cluster = common.RedisTarget.of_cluster(cluster_srv)
         types = spread_types(cluster, args.types)
-        where = {t: cluster.client().get_node_from_key(f"{{{PREFIX}:{t}}}:queue").port for t in types}
+        from engine.keys import Keys
+
+        where = {t: cluster.client().get_node_from_key(Keys(PREFIX).queue(t)).port for t in types}
         print(f"{args.tasks} no-op tasks per contender over {len(types)} task type(s) "
               f"({', '.join(f'{t} on :{p}' for t, p in where.items())}), enqueue_many batches of {args.batch}, "
               f"2 worker processes × concurrency {args.concurrency}; one redis-server and a cluster of "
