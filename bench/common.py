@@ -175,6 +175,121 @@ def redis_server(*, appendonly: bool = False) -> Iterator[Any]:
 
 
 @contextlib.contextmanager
+def redis_cluster(*, appendonly: bool = True, replicas: int = 1) -> Iterator[Any]:
+    """A throwaway Redis Cluster on loopback: 3 masters, ``replicas`` replicas each (tests/servers.py)."""
+    from tests.servers import RedisClusterServer
+
+    server = RedisClusterServer(replicas=replicas, appendonly=appendonly)
+    at_exit(server.cleanup)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
+
+
+class RedisTarget:
+    """One redis-server or a Redis Cluster, seen the same way by a benchmark that runs on both.
+
+    ``client()`` is what the engine would build (redis.Redis or
+    redis.RedisCluster, decoded replies); ``env`` is what its child processes
+    need (REDIS_URL, REDIS_CLUSTER). The per-process figures (memory, CPU)
+    are read from each server process with a plain client of its own.
+    """
+
+    def __init__(self, label: str, url: str, ports: Sequence[int], *, cluster: bool) -> None:
+        import redis
+
+        self.label, self.url, self.cluster = label, url, cluster
+        self.nodes = {port: redis.Redis(host="127.0.0.1", port=port, decode_responses=True) for port in ports}
+        self._client: Any = None
+
+    @classmethod
+    def of_server(cls, server: Any) -> RedisTarget:
+        return cls("one node", server.url, [server.port], cluster=False)
+
+    @classmethod
+    def of_cluster(cls, server: Any) -> RedisTarget:
+        masters = len(server.ports) // (1 + server.replicas)
+        return cls(f"{masters}-master cluster", server.url, server.ports, cluster=True)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"REDIS_URL": self.url, "REDIS_CLUSTER": "true" if self.cluster else "false"}
+
+    def client(self) -> Any:
+        import redis
+
+        if self._client is None:
+            self._client = (redis.RedisCluster.from_url(self.url, decode_responses=True) if self.cluster
+                            else redis.Redis.from_url(self.url, decode_responses=True))
+        return self._client
+
+    def masters(self) -> list[Any]:
+        return [c for c in self.nodes.values() if c.info("replication")["role"] == "master"]
+
+    def replicas(self) -> list[Any]:
+        return [c for c in self.nodes.values() if c.info("replication")["role"] != "master"]
+
+    def flush(self) -> None:
+        for c in self.masters():
+            c.flushall()
+        self.settle()
+
+    def settle(self, timeout: float = 10.0) -> None:
+        """Until every replica has applied all its master has written (no replication buffer left to drain)."""
+        deadline = time.monotonic() + timeout
+        while self.cluster and time.monotonic() < deadline:
+            behind = False
+            for c in self.masters():
+                info = c.info("replication")
+                offset = int(info.get("master_repl_offset", 0))
+                for i in range(int(info.get("connected_slaves", 0))):
+                    if int(info[f"slave{i}"]["offset"]) < offset:
+                        behind = True
+            if not behind:
+                return
+            time.sleep(0.05)
+
+    def used_memory(self) -> tuple[int, int]:
+        """(used_memory summed over the masters, the same less replication and AOF buffers)."""
+        total = net = 0
+        for c in self.masters():
+            info = c.info("memory")
+            used = int(info["used_memory"])
+            total += used
+            net += used - sum(int(info.get(k, 0)) for k in
+                              ("mem_replication_backlog", "mem_clients_slaves", "mem_aof_buffer"))
+        return total, net
+
+    def script_calls(self) -> int:
+        """EVALSHA and EVAL calls served so far, summed over the masters (INFO commandstats)."""
+        total = 0
+        for c in self.masters():
+            stats = c.info("commandstats")
+            total += sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("evalsha", "eval"))
+        return total
+
+    def cpu(self) -> tuple[float, float]:
+        """CPU seconds (user + sys) of the masters and of the replicas."""
+        m = r = 0.0
+        for c in self.nodes.values():
+            info = c.info("cpu")
+            seconds = float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+            if c.info("replication")["role"] == "master":
+                m += seconds
+            else:
+                r += seconds
+        return m, r
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+        for c in self.nodes.values():
+            c.close()
+
+
+@contextlib.contextmanager
 def postgres_server() -> Iterator[Any]:
     from tests.servers import PostgresServer
 

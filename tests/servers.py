@@ -272,7 +272,8 @@ def _free_cluster_port() -> int:
 
 
 class RedisClusterServer:
-    """A Redis Cluster on loopback: 3 masters and 3 replicas (``redis-cli --cluster create``), each with AOF on.
+    """A Redis Cluster on loopback: 3 masters and 3 replicas (``redis-cli --cluster create``), each with AOF on
+    (``appendonly=False``: off, as bench.throughput runs its single redis-server).
 
     ``url`` names one node, as ElastiCache's configuration endpoint does;
     redis-py's RedisCluster discovers the rest. ``kill_master(slot)`` SIGKILLs
@@ -280,7 +281,8 @@ class RedisClusterServer:
     2 s its replica is promoted within a few seconds.
     """
 
-    def __init__(self, *, masters: int = 3, replicas: int = 1, node_timeout_ms: int = 2000) -> None:
+    def __init__(self, *, masters: int = 3, replicas: int = 1, node_timeout_ms: int = 2000,
+                 appendonly: bool = True) -> None:
         self.binary = os.environ.get("REDIS_SERVER_BIN") or shutil.which("redis-server")
         self.cli = shutil.which("redis-cli")
         if not self.binary or not self.cli:
@@ -288,6 +290,7 @@ class RedisClusterServer:
         self.count = masters * (1 + replicas)
         self.replicas = replicas
         self.node_timeout_ms = node_timeout_ms
+        self.appendonly = appendonly
         self.ports = [_free_cluster_port() for _ in range(self.count)]
         self.dir = Path(tempfile.mkdtemp(prefix="ce-cluster-"))
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
@@ -302,7 +305,8 @@ class RedisClusterServer:
         self.procs[port] = subprocess.Popen([
             self.binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(node_dir),
             "--cluster-enabled", "yes", "--cluster-config-file", str(node_dir / "nodes.conf"),
-            "--cluster-node-timeout", str(self.node_timeout_ms), "--appendonly", "yes", "--appendfsync", "everysec",
+            "--cluster-node-timeout", str(self.node_timeout_ms),
+            "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "everysec",
             "--save", "", "--maxmemory-policy", "noeviction", "--daemonize", "no",
             "--logfile", str(node_dir / "redis.log"),
         ], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -1,6 +1,7 @@
 """Our engine with benchmark handlers, as a process the benchmarks start and kill.
 
     python -m bench.peers.engine_app worker --types hold --concurrency 4
+    python -m bench.peers.engine_app worker --types noop,noop3,noop4   # more no-op types (bench.throughput --cluster)
     python -m bench.peers.engine_app recovery
 
 Settings come from the environment exactly as in production
@@ -28,9 +29,16 @@ from engine.worker import Worker
 TASK_TYPES = ("noop", "hold")
 
 
-def build_registry(url: str) -> Registry:
+def noop_types(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """Extra no-op task types among ``names``: any name starting with ``noop`` (each its own hash tag)."""
+    return tuple(t for t in names if t.startswith("noop") and t not in TASK_TYPES)
+
+
+def build_registry(url: str, extra_noop: tuple[str, ...] = ()) -> Registry:
     registry = Registry()
     registry.register("noop", lambda task, ctx: None, RetryPolicy())
+    for name in extra_noop:
+        registry.register(name, lambda task, ctx: None, RetryPolicy())
     registry.register("hold", lambda task, ctx: probe.hold(url, "engine", task.task_id), RetryPolicy())
     return registry
 
@@ -50,10 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     # Named connections, as campaignctl names them: recovery sees a SIGKILLed worker's at once.
     name = new_worker_id() if args.cmd == "worker" else f"recovery:{new_worker_id()}"
     client = connect(settings, client_name=name)
-    registry = build_registry(settings.redis_url)
+    extra = noop_types(args.types.split(",")) if args.cmd == "worker" else ()
+    registry = build_registry(settings.redis_url, extra)
     if args.cmd == "worker":
         worker = Worker(client, settings, registry, None, queues=args.types.split(","),
-                        concurrency=args.concurrency, burst=args.burst, task_types=TASK_TYPES, worker_id=name)
+                        concurrency=args.concurrency, burst=args.burst, task_types=TASK_TYPES + extra,
+                        worker_id=name)
         return worker.run()
     queue = TaskQueue(client, settings, TASK_TYPES)
     return Recovery(client, settings, queue, registry).run()

@@ -74,14 +74,18 @@ def _redis_cpu(client: redis.Redis | None) -> float:
 def measure_drain(
     count_left: Callable[[], int], n: int, cap: float, *, label: str,
     procs: Sequence[subprocess.Popen] = (), client: redis.Redis | None = None,
+    redis_cpu: Callable[[], float] | None = None,
 ) -> Drain:
     """Time the drain of an ``n``-task backlog.
 
     With ``procs`` (the worker processes, each leading its process group) and
     ``client`` (any client of the server), also the CPU the workers and the
     server spent per task over the same timed part: unlike tasks/s, CPU per
-    task hardly moves when other work shares the machine.
+    task hardly moves when other work shares the machine. ``redis_cpu``
+    (CPU seconds of every server process, e.g. all nodes of a cluster) stands
+    in for ``client``'s INFO cpu; it is called once at each end of the timed part.
     """
+    server_cpu = redis_cpu or (lambda: _redis_cpu(client))
     groups = [p.pid for p in procs]
     warm_mark = n - max(1, int(n * WARM_FRACTION))
     tail_mark = int(n * TAIL_FRACTION)
@@ -92,14 +96,14 @@ def measure_drain(
             raise RuntimeError(f"{label}: workers did not start draining within {START_TIMEOUT:.0f} s")
         time.sleep(POLL)
         left = count_left()
-    cpu0, rcpu0 = common.group_cpu(groups), _redis_cpu(client)
+    cpu0, rcpu0 = common.group_cpu(groups), server_cpu()
     t0, left0 = time.perf_counter(), left
     stop = t0 + cap
     while left > tail_mark and time.perf_counter() < stop:
         time.sleep(POLL)
         left = count_left()
     elapsed = time.perf_counter() - t0
-    cpu1, rcpu1 = common.group_cpu(groups), _redis_cpu(client)
+    cpu1, rcpu1 = common.group_cpu(groups), server_cpu()
     done = left0 - left
     per = lambda a, b: (b - a) / done * 1e6 if done > 0 else float("nan")  # noqa: E731
     return Drain(done / elapsed if elapsed > 0 else float("nan"), done,
