@@ -18,6 +18,10 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Protocol, TypeVar
 
+import attrs
+import redis
+from redis.crc import key_slot
+
 #: Seconds a stopped server or child process gets to exit on SIGTERM before SIGKILL.
 STOP_GRACE = 10.0
 #: Where Debian's PostgreSQL 15 server binaries live.
@@ -276,9 +280,17 @@ class RedisClusterServer:
     (``appendonly=False``: off, as bench.throughput runs its single redis-server).
 
     ``url`` names one node, as ElastiCache's configuration endpoint does;
-    redis-py's RedisCluster discovers the rest. ``kill_master(slot)`` SIGKILLs
-    the master that serves a slot, for failover tests: with a node timeout of
-    2 s its replica is promoted within a few seconds.
+    redis-py's RedisCluster discovers the rest. For failover tests
+    ``kill(master_of(key))`` SIGKILLs the master that serves a key's slot: with
+    a node timeout of 2 s its replica is promoted within a few seconds;
+    ``start_node(port)`` starts a killed node again (from its nodes.conf and
+    AOF), and it rejoins as a replica of the master that replaced it.
+
+    ``start()`` returns once every slot is served and every replica has
+    finished its first sync: a replica that never synced does not take over
+    (it counts as "disconnected from master for longer than allowed",
+    cluster-replica-validity-factor), so a master killed right after a bare
+    ``cluster_state:ok`` would leave its slots unserved for good.
     """
 
     def __init__(self, *, masters: int = 3, replicas: int = 1, node_timeout_ms: int = 2000,
@@ -299,6 +311,11 @@ class RedisClusterServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.ports[0]}/0"
 
+    def start_node(self, port: int) -> None:
+        """Start the node of ``port`` (again): a killed master rejoins as a replica of its successor."""
+        self._start_node(port)
+        _wait_port(port, 10)
+
     def _start_node(self, port: int) -> None:
         node_dir = self.dir / str(port)
         node_dir.mkdir(exist_ok=True)
@@ -308,6 +325,8 @@ class RedisClusterServer:
             "--cluster-node-timeout", str(self.node_timeout_ms),
             "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "everysec",
             "--save", "", "--maxmemory-policy", "noeviction", "--daemonize", "no",
+            # A master syncs a new replica at once (the default waits 5 s for more replicas to join).
+            "--repl-diskless-sync-delay", "0",
             "--logfile", str(node_dir / "redis.log"),
         ], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -323,6 +342,7 @@ class RedisClusterServer:
         if done.returncode != 0:
             raise ServerUnavailable(f"redis-cli --cluster create failed: {done.stdout[-500:]} {done.stderr[-500:]}")
         self.wait_healthy()
+        self.wait_replicas_synced()
         return self
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
@@ -338,19 +358,75 @@ class RedisClusterServer:
             time.sleep(0.2)
         raise ServerUnavailable(f"the cluster did not become healthy within {timeout}s")
 
-    def master_of(self, key: str) -> int:
-        """The port of the master serving ``key``'s slot."""
-        slot = int(subprocess.run([self.cli, "-p", str(self.ports[0]), "cluster", "keyslot", key],
-                                  capture_output=True, text=True).stdout.strip())
-        for port in self.ports:
-            if port not in self.procs or self.procs[port].poll() is not None:
+    @property
+    def live_ports(self) -> list[int]:
+        """Ports of the nodes running now (started and not killed)."""
+        return [p for p in self.ports if p in self.procs and self.procs[p].poll() is None]
+
+    def _client(self, port: int) -> redis.Redis:
+        return redis.Redis(port=port, decode_responses=True, socket_timeout=2, socket_connect_timeout=2)
+
+    def nodes(self) -> list[ClusterNodeInfo]:
+        """``CLUSTER NODES`` as a live node sees it (the first that answers)."""
+        last: Exception | None = None
+        for port in self.live_ports:
+            client = self._client(port)
+            try:
+                raw = client.execute_command("CLUSTER", "NODES")
+            except redis.RedisError as exc:
+                last = exc
                 continue
-            out = subprocess.run([self.cli, "-p", str(port), "cluster", "slots"], capture_output=True, text=True)
-            lines = out.stdout.split()
-            for i in range(0, len(lines) - 3):
-                if lines[i].isdigit() and lines[i + 1].isdigit() and int(lines[i]) <= slot <= int(lines[i + 1]):
-                    return int(lines[i + 3])
-            break
+            finally:
+                client.close()
+            return parse_cluster_nodes(raw if isinstance(raw, str) else str(raw))
+        raise ServerUnavailable(f"no cluster node answered CLUSTER NODES ({last!r})")
+
+    def replication(self, port: int) -> dict[str, object]:
+        """``INFO replication`` of one node."""
+        client = self._client(port)
+        try:
+            return dict(client.info("replication"))
+        finally:
+            client.close()
+
+    def synced_replicas(self, master_port: int) -> list[int]:
+        """Live replicas of ``master_port`` whose link to it is up (they can take over if it dies)."""
+        out = []
+        for port in self.live_ports:
+            if port == master_port:
+                continue
+            try:
+                info = self.replication(port)
+            except redis.RedisError:
+                continue
+            if info.get("role") == "slave" and int(str(info.get("master_port", 0))) == master_port \
+                    and info.get("master_link_status") == "up":
+                out.append(port)
+        return out
+
+    def wait_replicas_synced(self, timeout: float = 30.0) -> None:
+        """Until every live master that serves slots has a replica whose first sync is done."""
+        deadline = time.monotonic() + timeout
+        waiting: list[int] = []
+        while time.monotonic() < deadline:
+            masters: list[int] = []
+            try:
+                masters = [n.port for n in self.nodes() if n.is_master and n.slots and n.port in self.live_ports]
+                waiting = [m for m in masters if len(self.synced_replicas(m)) < self.replicas]
+            except (ServerUnavailable, redis.RedisError):
+                waiting = [-1]
+            if masters and not waiting:
+                return
+            time.sleep(0.1)
+        raise ServerUnavailable(f"cluster masters {waiting} have no synced replica after {timeout}s")
+
+    def master_of(self, key: str) -> int:
+        """The port of the master that serves ``key``'s slot, as the cluster sees it now (a failed master keeps
+        its slots until a replica takes them over)."""
+        slot = key_slot(key.encode())
+        for node in self.nodes():
+            if node.is_master and any(slot_in_spec(slot, r) for r in node.slots):
+                return node.port
         raise ServerUnavailable(f"no master found for slot {slot}")
 
     def kill(self, port: int) -> None:
@@ -370,3 +446,47 @@ class RedisClusterServer:
                     proc.kill()
                     proc.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@attrs.frozen
+class ClusterNodeInfo:
+    """One line of ``CLUSTER NODES``."""
+
+    node_id: str
+    port: int
+    flags: frozenset[str]
+    #: The node id of its master ("-" for a master).
+    master_id: str
+    #: ``connected`` or ``disconnected`` (the cluster bus link as the answering node sees it).
+    link: str
+    #: Slot ranges it serves, as written (``0-5460``).
+    slots: tuple[str, ...]
+
+    @property
+    def is_master(self) -> bool:
+        return "master" in self.flags
+
+    @property
+    def failed(self) -> bool:
+        return bool({"fail", "fail?"} & self.flags)
+
+
+def slot_in_spec(slot: int, spec: str) -> bool:
+    """Whether ``slot`` is in a CLUSTER NODES slot spec (``5461-10922`` or ``42``; ``[..]`` migrations are not)."""
+    if spec.startswith("["):
+        return False
+    low, _, high = spec.partition("-")
+    return int(low) <= slot <= int(high or low)
+
+
+def parse_cluster_nodes(raw: str) -> list[ClusterNodeInfo]:
+    """``CLUSTER NODES``' lines: ``<id> <ip:port@bus> <flags> <master> <ping> <pong> <epoch> <link> <slot>...``."""
+    out = []
+    for line in raw.splitlines():
+        parts = line.split()
+        if len(parts) < 8:
+            continue
+        port = int(parts[1].split("@", 1)[0].rsplit(":", 1)[-1])
+        out.append(ClusterNodeInfo(parts[0], port, frozenset(parts[2].split(",")), parts[3], parts[7],
+                                   tuple(parts[8:])))
+    return out
