@@ -2,7 +2,10 @@
 
 One ``Cluster`` owns, for one chaos example: a fresh redis-server (AOF on)
 behind a TCP proxy that plays its endpoint (tests/chaos/proxy.py; a replica
-too when the schedule fails Redis over), a fresh database on the suite's
+too when the schedule fails Redis over) — or, for a schedule with
+``redis="cluster"``, a Redis Cluster of 3 masters and 3 replicas on loopback
+(every process gets REDIS_CLUSTER=true and one live node's URL, as
+ElastiCache's configuration endpoint would give) — a fresh database on the suite's
 PostgreSQL server, the sandbox, a producer, one or two recovery processes,
 several queue workers and optionally a polling worker, each started through
 the real ``campaignctl`` command with the same environment an operator would
@@ -43,6 +46,7 @@ from zoneinfo import ZoneInfo
 
 import attrs
 import redis
+from redis.crc import key_slot
 from sqlalchemy import Engine, insert, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -50,7 +54,14 @@ from engine.connection import is_cluster
 from engine.keys import Keys
 from tests.chaos.proxy import RedisProxy
 from tests.chaos.schedule import PROVIDERS, Fault, Schedule
-from tests.servers import PostgresServer, RedisServer, free_port
+from tests.servers import (
+    ClusterNodeInfo,
+    PostgresServer,
+    RedisClusterServer,
+    RedisServer,
+    ServerUnavailable,
+    free_port,
+)
 from workflow.db import make_engine
 from workflow.models import Campaign, CampaignEvent, EmailSend
 from workflow.states import TASK_TYPES
@@ -75,8 +86,17 @@ SAMPLE_INTERVAL_S = 0.2
 DUPLICATE_WAIT_S = 10.0
 #: How long a failover waits for the replica to catch up with the paused primary, in s.
 FAILOVER_SYNC_S = 5.0
-#: A "lease lost" this soon after Redis lost data (flush, wipe, crash) is that loss, not recovery, in s.
+#: A "lease lost" this soon after Redis lost data (flush, wipe, crash, master kill) is that loss, not recovery,
+#: in s.
 LOSS_EXCUSE_S = 5.0
+#: How long a master_kill waits for the cluster to promote the killed master's replica, in s (node timeout 2 s
+#: plus the election: ~4 s on loopback).
+PROMOTION_WAIT_S = 30.0
+#: How long a restarted node may take to rejoin as a replica of its successor and finish its sync, in s.
+REJOIN_WAIT_S = 30.0
+#: Errors of a Redis client while a server or a cluster node is down. ``RedisClusterException`` is not a
+#: RedisError: RedisCluster raises it when no startup node answers its discovery.
+REDIS_DOWN_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, redis.exceptions.RedisClusterException, OSError)
 
 #: Engine timers for chaos runs: short, so recovery happens within an example (seconds, as strings for env).
 CHAOS_TIMERS: dict[str, str] = {
@@ -218,6 +238,13 @@ class Cluster:
         self.replica: RedisServer | None = None
         self.old_redis: list[RedisServer] = []
         self.proxy: RedisProxy | None = None
+        #: The Redis Cluster of a schedule with redis="cluster" (then none of the above), and the node whose URL
+        #: every process is given (moved to a live node when it is killed, as a configuration endpoint's DNS would).
+        self.redis_cluster: RedisClusterServer | None = None
+        self.entry_port = 0
+        #: Every master_kill: target, slot, port, synced replicas, wall-clock kill/promotion/rejoin, new master.
+        self.master_kills: list[dict[str, Any]] = []
+        self._sample_client: redis.Redis | None = None
         self.keys = Keys(KEY_PREFIX)
         self.db_url = ""
         self.db: Engine | None = None
@@ -267,7 +294,8 @@ class Cluster:
         env.update(
             {
                 "DATABASE_URL": self.db_url,
-                "REDIS_URL": self.proxy.url if self.proxy else "",
+                "REDIS_URL": self.redis_url,
+                "REDIS_CLUSTER": "true" if self.redis_cluster else "false",
                 "KEY_PREFIX": KEY_PREFIX,
                 "SANDBOX_URL": self.sandbox_url,
                 "RATE_SCALE": str(self.time_scale),
@@ -281,11 +309,22 @@ class Cluster:
         env.update(self.extra_env)
         return env
 
+    @property
+    def redis_url(self) -> str:
+        """The URL every process is given: the proxy's, or on a cluster one live node's."""
+        if self.redis_cluster:
+            return f"redis://127.0.0.1:{self.entry_port}/0"
+        return self.proxy.url if self.proxy else ""
+
     def start(self) -> None:
-        self.redis_server = RedisServer(appendonly=True).start()
-        self.proxy = RedisProxy(("127.0.0.1", self.redis_server.port)).start()
-        if any(f.kind == "redis_failover" for f in self.schedule.faults):
-            self.replica = self._start_replica(self.redis_server)
+        if self.schedule.redis == "cluster":
+            self.redis_cluster = RedisClusterServer().start()
+            self.entry_port = self.redis_cluster.ports[0]
+        else:
+            self.redis_server = RedisServer(appendonly=True).start()
+            self.proxy = RedisProxy(("127.0.0.1", self.redis_server.port)).start()
+            if any(f.kind == "redis_failover" for f in self.schedule.faults):
+                self.replica = self._start_replica(self.redis_server)
         name = f"chaos_{os.getpid()}_{int(time.time() * 1000) % 10_000_000}"
         self.db_url = self.pg.create_database(name)
         self.db = make_engine(self.db_url, pool_size=2)
@@ -412,11 +451,13 @@ class Cluster:
                     proc.record.ended, proc.record.returncode = time.monotonic(), proc.popen.returncode
         if self._sampler:
             self._sampler.join(5)
+        if self._sample_client is not None:
+            self._sample_client.close()
         if self.db is not None:
             self.db.dispose()
         if self.proxy:
             self.proxy.stop()
-        for server in [self.redis_server, self.replica, *self.old_redis]:
+        for server in [self.redis_server, self.replica, *self.old_redis, self.redis_cluster]:
             if server:
                 server.cleanup()
 
@@ -438,9 +479,17 @@ class Cluster:
             raise RuntimeError(f"campaignctl {' '.join(args)} exited {done.returncode}: {done.stderr.strip()[-2000:]}")
         return done
 
-    def redis_client(self) -> redis.Redis:
+    def redis_client(self, timeout: float = 5.0) -> redis.Redis:
+        """A client of the current primary (not through the proxy), or a RedisCluster client on a cluster.
+
+        A RedisCluster client discovers the shards when it is made, so on a
+        cluster this raises (REDIS_DOWN_ERRORS) while no node answers.
+        """
+        if self.redis_cluster:
+            return redis.RedisCluster.from_url(  # type: ignore[return-value]
+                self.redis_url, decode_responses=True, socket_timeout=timeout, socket_connect_timeout=timeout)
         assert self.redis_server
-        return redis.Redis.from_url(self.redis_server.url, decode_responses=True, socket_timeout=5)
+        return redis.Redis.from_url(self.redis_server.url, decode_responses=True, socket_timeout=timeout)
 
     def sandbox_get(self, path: str) -> Any:
         with urllib.request.urlopen(self.sandbox_url + path, timeout=30) as resp:
@@ -571,6 +620,8 @@ class Cluster:
         elif k == "redis_failover":
             self.failover(fault.duration)
             self.servers_restarted.add("redis")
+        elif k == "master_kill":
+            self.master_kill(fault.spec or "registry", fault.duration)
         elif k == "duplicate_send":
             t = threading.Thread(target=self.inject_duplicate_send, daemon=True)
             t.start()
@@ -669,6 +720,115 @@ class Cluster:
         if self.failovers < sum(1 for f in self.schedule.faults if f.kind == "redis_failover"):
             self.replica = self._start_replica(new)
 
+    # -- Redis Cluster faults -------------------------------------------------------------------
+
+    def slot_key(self, target: str) -> str:
+        """A key in the slot a master_kill aims at: the registry's ``{P}`` or a task type's ``{P:T}``."""
+        return self.keys.workers if target == "registry" else self.keys.queue(target)
+
+    def master_kill(self, target: str, rejoin_after: float) -> None:
+        """SIGKILL the master serving ``target``'s slot; the cluster promotes its replica after the node timeout.
+
+        Replication is asynchronous: what the master acknowledged but had not
+        yet sent to its replica dies with it (a lease, an ack, an enqueue), as
+        in a crash. So the kill is recorded as a Redis data loss lasting until
+        the promotion (``redis_losses``), and invariant 9 excuses lease losses
+        right after it as it does after a crash. A thread waits for the
+        promotion (the timeline says how long it took) and, when
+        ``rejoin_after`` > 0, starts the killed node again that long after the
+        kill: it rejoins as a replica of its successor, so a later kill of the
+        same shard has a replica to promote. A master with no synced replica
+        (its replica was killed and is not back) is not killed: its slots
+        would stay unserved for the rest of the example. Nor is a master
+        killed while an earlier kill's failover is still under way: with 3
+        masters, two down at once leave no majority to vote either replica
+        in, and the cluster never recovers; the kill waits for the promotion
+        (the timeline says so).
+        """
+        cluster = self.redis_cluster
+        if cluster is None:
+            self.note(f"master_kill {target}: not a cluster schedule; skipped")
+            return
+        pending = [m for m in self.master_kills if m["promoted_at"] is None and not m.get("gave_up")]
+        if pending:
+            waited = time.monotonic()
+            while any(m["promoted_at"] is None and not m.get("gave_up") for m in pending):
+                time.sleep(0.05)
+            self.note(f"master_kill {target}: waited {time.monotonic() - waited:.1f}s for the failover of "
+                      f"{pending[-1]['target']} to finish (two masters down at once leave no majority)")
+        key = self.slot_key(target)
+        port = cluster.master_of(key)
+        replicas = cluster.synced_replicas(port)
+        if not replicas:
+            self.note(f"master_kill {target}: master {port} has no synced replica; skipped")
+            return
+        record: dict[str, Any] = {"target": target, "slot": key_slot(key.encode()), "port": port,
+                                  "replicas": replicas, "killed_at": time.time(), "promoted_at": None,
+                                  "new_master": None, "rejoined_at": None}
+        pid = cluster.procs[port].pid
+        cluster.kill(port)
+        self.master_kills.append(record)
+        self.servers_restarted.add("redis")
+        self.note(f"redis cluster: SIGKILL master {port} (pid {pid}) serving {target} (slot {record['slot']}); "
+                  f"synced replica(s) {replicas}")
+        if port == self.entry_port:
+            self._move_entry(exclude=port)
+        self._later(0.0, lambda: self._follow_failover(record, key, rejoin_after))
+
+    def _move_entry(self, exclude: int) -> None:
+        """Point REDIS_URL of every process started from now on at a live node (a configuration endpoint's DNS)."""
+        assert self.redis_cluster
+        live = [p for p in self.redis_cluster.live_ports if p != exclude]
+        if not live:
+            return
+        self.entry_port = live[0]
+        with self._lock:
+            for proc in self.procs.values():
+                proc.env["REDIS_URL"] = self.redis_url
+        self.note(f"redis cluster: REDIS_URL of new processes -> node {self.entry_port}")
+
+    def _follow_failover(self, record: dict[str, Any], key: str, rejoin_after: float) -> None:
+        assert self.redis_cluster
+        cluster, port = self.redis_cluster, record["port"]
+        deadline = time.monotonic() + PROMOTION_WAIT_S
+        while time.monotonic() < deadline:
+            try:
+                new = cluster.master_of(key)
+            except (ServerUnavailable, *REDIS_DOWN_ERRORS):
+                new = port
+            if new != port:
+                record["promoted_at"], record["new_master"] = time.time(), new
+                break
+            time.sleep(0.05)
+        ended = record["promoted_at"] or time.time()
+        self.redis_losses.append((record["killed_at"], ended, "master_kill"))
+        if record["new_master"] is None:
+            record["gave_up"] = True
+            self.note(f"redis cluster: no replica of {port} promoted within {PROMOTION_WAIT_S:.0f}s")
+        else:
+            self.note(f"redis cluster: replica {record['new_master']} promoted to master of {record['target']} "
+                      f"{ended - record['killed_at']:.1f}s after the kill")
+        if rejoin_after <= 0:
+            return
+        time.sleep(max(0.0, record["killed_at"] + rejoin_after - time.time()))
+        try:
+            cluster.start_node(port)
+        except ServerUnavailable as exc:
+            self.note(f"redis cluster: node {port} did not start again: {exc}")
+            return
+        deadline = time.monotonic() + REJOIN_WAIT_S
+        while time.monotonic() < deadline:
+            try:
+                master = cluster.master_of(key)
+                if port in cluster.synced_replicas(master):
+                    record["rejoined_at"] = time.time()
+                    self.note(f"redis cluster: node {port} started again, a synced replica of {master}")
+                    return
+            except (ServerUnavailable, *REDIS_DOWN_ERRORS):
+                pass
+            time.sleep(0.1)
+        self.note(f"redis cluster: node {port} started again but is no synced replica after {REJOIN_WAIT_S:.0f}s")
+
     def inject_duplicate_send(self) -> None:
         """LPUSH a second, valid email_sending task for a campaign whose send is in flight (or READY_TO_SEND).
 
@@ -681,7 +841,11 @@ class Cluster:
         while time.monotonic() < deadline:
             target = None
             seen = {d["campaign_id"] for d in self.duplicates}  # one duplicate per campaign
-            r = self.redis_client()
+            try:
+                r = self.redis_client()
+            except REDIS_DOWN_ERRORS:
+                time.sleep(0.1)  # no cluster node answers discovery: look again
+                continue
             try:
                 for raw in r.hvals(self.keys.inflight("email_sending")):
                     data = json.loads(raw)
@@ -699,7 +863,7 @@ class Cluster:
                         target = (row.id, row.run_id, "READY_TO_SEND in the database")
                 if target is not None and self._push_duplicate(r, *target):
                     return
-            except (redis.RedisError, OSError, ValueError, KeyError, SQLAlchemyError):
+            except (*REDIS_DOWN_ERRORS, ValueError, KeyError, SQLAlchemyError):
                 pass  # Redis or PostgreSQL is down under another fault: look again
             finally:
                 r.close()
@@ -727,13 +891,24 @@ class Cluster:
         while not self._stop_supervisor.wait(SAMPLE_INTERVAL_S):
             try:
                 self._sample()
-            except (redis.RedisError, OSError):
-                pass  # Redis is restarting, stopped or failing over: sample again later
+            except REDIS_DOWN_ERRORS:
+                # Redis is restarting, stopped or failing over: sample again later (on a cluster with a client
+                # that discovers the shards again).
+                if self._sample_client is not None:
+                    self._sample_client.close()
+                    self._sample_client = None
 
     def _sample(self) -> None:
         """Record, per task id, the highest retry_count and lease_losses seen in a ready list, hash or delayed set."""
-        assert self.redis_server
-        r = redis.Redis(port=self.redis_server.port, decode_responses=True, socket_timeout=1, socket_connect_timeout=1)
+        if self.redis_cluster:
+            # One client for the run: discovering the shards five times a second would cost more than the reads.
+            if self._sample_client is None:
+                self._sample_client = self.redis_client(timeout=1.0)
+            r = self._sample_client
+        else:
+            assert self.redis_server
+            r = redis.Redis(port=self.redis_server.port, decode_responses=True, socket_timeout=1,
+                            socket_connect_timeout=1)
         try:
             pipe = r.pipeline(transaction=False)
             for t in TASK_TYPES:
@@ -742,7 +917,8 @@ class Cluster:
                 pipe.zrange(self.keys.delayed(t), 0, -1)
             found = pipe.execute()
         finally:
-            r.close()
+            if not self.redis_cluster:
+                r.close()
         now = time.time()
         self.samples_taken += 1
         for where, payloads in zip(("ready", "in flight", "delayed") * len(TASK_TYPES), found):
@@ -866,7 +1042,8 @@ class Cluster:
             ).all()
         out["statuses"] = {s: n for s, n in rows}
         out["moving"] = sum(n for s, n in rows if s in ("DORMANT", "PROCESSING", "READY_TO_SEND"))
-        out["queues"] = redis_queue_counts(self.redis_client())
+        with self.redis_client() as r:
+            out["queues"] = redis_queue_counts(r)
         return out
 
     def wait_for_rest(self, timeout: float) -> tuple[bool, dict[str, Any]]:
@@ -909,7 +1086,12 @@ class Cluster:
             sends = [dict(r._mapping) for r in conn.execute(select(EmailSend.__table__))]
         queues_cli = self.run_cli("queues", "--json")
         dlq_cli = self.run_cli("dlq", "list", "--json")
-        r = self.redis_client()
+        with self.redis_client() as r:
+            return self._evidence(r, campaigns, events, sends, queues_cli, dlq_cli)
+
+    def _evidence(self, r: redis.Redis, campaigns: list[dict[str, Any]], events: list[dict[str, Any]],
+                  sends: list[dict[str, Any]], queues_cli: subprocess.CompletedProcess[str],
+                  dlq_cli: subprocess.CompletedProcess[str]) -> Evidence:
         dead_letters = _json_or_error(dlq_cli)
         entries = dead_letters.get("dead_letters", dead_letters.get("entries")) if isinstance(dead_letters, dict) \
             else dead_letters
@@ -949,6 +1131,9 @@ class Cluster:
             samples_taken=self.samples_taken,
             duplicates=list(self.duplicates),
             t0=self.t0,
+            redis_mode=self.schedule.redis,
+            master_kills=[dict(m) for m in self.master_kills],
+            cluster_nodes=self.redis_cluster.nodes() if self.redis_cluster else [],
         )
 
     def process_table(self) -> list[dict[str, Any]]:
@@ -1083,6 +1268,12 @@ class Evidence:
     duplicates: list[dict[str, Any]] = attrs.Factory(list)
     #: time.monotonic() when the schedule's clock started (the sandbox's call log uses the same clock).
     t0: float = 0.0
+    #: "single" (one redis-server) or "cluster" (a Redis Cluster).
+    redis_mode: str = "single"
+    #: Cluster.master_kills: {target, slot, port, replicas, killed_at, promoted_at, new_master, rejoined_at}.
+    master_kills: list[dict[str, Any]] = attrs.Factory(list)
+    #: The cluster's own view at rest (CLUSTER NODES of a live node); empty on one redis-server.
+    cluster_nodes: list[ClusterNodeInfo] = attrs.Factory(list)
 
 
 def _json_or_error(done: subprocess.CompletedProcess[str]) -> Any:
@@ -1151,7 +1342,8 @@ def live_locks(r: redis.Redis, names: Any) -> list[str]:
     names = sorted(names)
     if not names:
         return []
-    values = r.mget(names)
+    # Locks of different task types live in different slots: a cluster reads them one slot at a time.
+    values = r.mget_nonatomic(names) if is_cluster(r) else r.mget(names)  # type: ignore[attr-defined]
     return [k for k, v in zip(names, values) if v is not None and not str(v).startswith(TOMBSTONE_PREFIX)]
 
 

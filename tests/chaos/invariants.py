@@ -24,7 +24,9 @@ invariant it breaks (docs/reliability.md lists them):
    faults may have retries;
 9. recovery never took the lease of a live holder: no queue worker that was
    never stopped or killed logged "lease lost" (unless Redis had just lost its
-   data), and recovery declared no running, never-stopped worker dead and took its tasks.
+   data: a flush, a wipe, a crash, or on a Redis Cluster a master kill, whose
+   last writes may not have reached the replica that took over), and recovery
+   declared no running, never-stopped worker dead and took its tasks.
 """
 
 from __future__ import annotations
@@ -187,6 +189,7 @@ def check(ev: Evidence, *, at_rest: bool = True) -> Report:
     _attempts(ev, report)
     _live_leases(ev, report)
     _process_notes(ev, report)
+    _failover_notes(ev, report)
     return report
 
 
@@ -455,6 +458,19 @@ def _process_notes(ev: Evidence, report: Report) -> None:
         )
 
 
+def _failover_notes(ev: Evidence, report: Report) -> None:
+    """What each master kill did: which node died, which replica took over and when, whether it came back."""
+    for m in ev.master_kills:
+        what = f"master_kill {m['target']} (slot {m['slot']}): master {m['port']} killed"
+        if m.get("promoted_at"):
+            what += f", replica {m['new_master']} promoted {m['promoted_at'] - m['killed_at']:.1f}s later"
+        else:
+            what += ", no replica promoted"
+        if m.get("rejoined_at"):
+            what += f", the old node back as a synced replica {m['rejoined_at'] - m['killed_at']:.1f}s after the kill"
+        report.notes.append(what)
+
+
 def _procs_by_pid(ev: Evidence) -> dict[int, dict[str, Any]]:
     return {p["pid"]: p for p in ev.procs}
 
@@ -605,7 +621,13 @@ def _live_leases(ev: Evidence, report: Report) -> None:
     recovery loops racing, liveness recovery after a Redis blip, a replayed
     script). Excused: the line follows a Redis data loss (flush, wipe, crash
     from the AOF) within a few seconds, or another line of the same task
-    was. Recovery's own "worker W is dead: N task(s) recovered" with N > 0
+    was. On a Redis Cluster a master kill counts as such a loss from the kill
+    until its replica is promoted: replication is asynchronous, so a lease,
+    renewal or settle the master acknowledged but had not yet sent to its
+    replica is gone after the failover, exactly as after a crash (the
+    harness records it in ``redis_losses``). Nothing else about a failover is
+    excused: the shard's outage itself (~4 s, longer than the liveness TTL
+    when the registry's master dies) must cost no live worker its lease. Recovery's own "worker W is dead: N task(s) recovered" with N > 0
     for a process that was running and never stopped is the same fault seen
     from the other side.
     """

@@ -2,9 +2,10 @@
 
 A schedule is plain data (so it can be printed, shrunk by hypothesis and
 replayed from a string): the shape of the cluster (how many workers, which
-one runs with a skewed clock, which one crashes right after the SES call), the
-batch of campaigns (how many, how many with an address Zillow does not know or
-an email the verifier rejects) and a list of timed faults.
+one runs with a skewed clock, which one crashes right after the SES call;
+one redis-server or a Redis Cluster), the batch of campaigns (how many, how
+many with an address Zillow does not know or an email the verifier rejects)
+and a list of timed faults.
 
 Fault kinds are listed simplest first: hypothesis shrinks a ``sampled_from``
 towards its first element, so a failing schedule shrinks towards worker kills
@@ -20,6 +21,8 @@ from typing import Any
 
 import attrs
 from hypothesis import strategies as st
+
+from workflow.states import TASK_TYPES
 
 #: Every fault kind, simplest first (the order hypothesis shrinks towards).
 KINDS: tuple[str, ...] = (
@@ -38,12 +41,29 @@ KINDS: tuple[str, ...] = (
     "pg_restart",  # PostgreSQL fast shutdown and start
     "redis_stop",  # SIGSTOP redis-server for `duration` s (longer than the liveness TTL), then SIGCONT
     "redis_failover",  # promote the replica (REPLICAOF NO ONE), kill the old primary, move the endpoint
+    "master_kill",  # Redis Cluster: SIGKILL the master serving `spec`'s slot; the cluster promotes its replica
     "duplicate_send",  # LPUSH a second, valid email_sending task for a campaign whose send is in flight
 )
 #: Kinds that act on one worker (``target`` is the worker's index).
 WORKER_KINDS = frozenset({"kill_worker", "stop_worker"})
 #: Kinds that make Redis lose data (the rate limiter's state goes with it).
 REDIS_LOSS_KINDS = frozenset({"redis_crash", "redis_flushall", "redis_wipe"})
+#: Kinds that act on the one redis-server (and its proxy and replica): never in a cluster schedule.
+SINGLE_REDIS_KINDS = frozenset(
+    {"redis_restart", "redis_crash", "redis_flushall", "redis_wipe", "redis_stop", "redis_failover"})
+#: Kinds that act on a Redis Cluster: only in a cluster schedule.
+CLUSTER_KINDS = frozenset({"master_kill"})
+#: What ``Schedule.redis`` may say: one redis-server (AOF on, behind a proxy) or a Redis Cluster of 3 masters
+#: and 3 replicas (REDIS_CLUSTER=true).
+REDIS_MODES: tuple[str, ...] = ("single", "cluster")
+#: The slots a master_kill may aim at (``Fault.spec``): the worker registry's ``{P}`` or a task type's ``{P:T}``.
+MASTER_KILL_TARGETS: tuple[str, ...] = ("registry", *TASK_TYPES)
+
+
+def kinds_for(redis: str) -> tuple[str, ...]:
+    """The fault kinds that make sense on ``redis`` ("single" or "cluster"), simplest first."""
+    left_out = CLUSTER_KINDS if redis == "single" else SINGLE_REDIS_KINDS
+    return tuple(k for k in KINDS if k not in left_out)
 
 #: Providers the sandbox can inject faults into (the rate-limit bucket names).
 PROVIDERS: tuple[str, ...] = ("zillow", "zillow56", "rentcast", "bedrock", "email_verification", "ses")
@@ -64,9 +84,11 @@ class Fault:
     #: kill_recovery/stop_recovery, campaign number (0-based) for unsubscribe.
     target: int = 0
     #: Length of a stop or of a provider-fault window, in s; for a restart or failover how long Redis is
-    #: unreachable.
+    #: unreachable; for a master_kill how long until the killed node starts again and rejoins as a replica
+    #: (0: it stays down).
     duration: float = 0.0
-    #: Sandbox fault spec for provider_faults, e.g. "bedrock:429=0.5".
+    #: Sandbox fault spec for provider_faults, e.g. "bedrock:429=0.5"; for a master_kill the slot whose master
+    #: dies: "registry" or a task type (MASTER_KILL_TARGETS).
     spec: str = ""
 
     def describe(self) -> str:
@@ -77,6 +99,9 @@ class Fault:
             out += f" campaign#{self.target}"
         if self.kind in ("kill_recovery", "stop_recovery") and self.target:
             out += f" recovery#{self.target}"
+        if self.kind == "master_kill":
+            out += f" (master of {self.spec or 'registry'})"
+            return out + (f", rejoins after {self.duration:.1f}s" if self.duration else ", stays down")
         if self.duration:
             out += f" for {self.duration:.1f}s"
         if self.spec:
@@ -104,6 +129,16 @@ class Schedule:
     recoveries: int = 1
     #: Extra workers with DISPATCH_MODE=polling on the same database as the queue workers (a rollout).
     polling_workers: int = 0
+    #: "single": one redis-server behind a proxy; "cluster": a Redis Cluster of 3 masters + 3 replicas on
+    #: loopback (node timeout 2 s), every process with REDIS_CLUSTER=true and one node's URL.
+    redis: str = "single"
+
+    def __attrs_post_init__(self) -> None:
+        if self.redis not in REDIS_MODES:
+            raise ValueError(f"redis={self.redis!r}: expected one of {REDIS_MODES}")
+        wrong = {f.kind for f in self.faults} - set(kinds_for(self.redis))
+        if wrong:
+            raise ValueError(f"fault kind(s) {sorted(wrong)} make no sense with redis={self.redis!r}")
 
     # -- replay strings ------------------------------------------------------
 
@@ -147,6 +182,8 @@ class Schedule:
             head += ", +1 worker that crashes after the SES call"
         if self.recoveries > 1:
             head += f", {self.recoveries} recovery processes"
+        if self.redis == "cluster":
+            head += ", on a Redis Cluster (3 masters + 3 replicas)"
         lines = [head] + [f"  {f.describe()}" for f in sorted(self.faults, key=lambda f: f.at)]
         if not self.faults:
             lines.append("  (no faults)")
@@ -168,6 +205,8 @@ class Schedule:
             kinds.add("two_recoveries")
         if self.polling_workers:
             kinds.add("polling_workers")
+        if self.redis == "cluster":
+            kinds.add("redis_cluster")
         return kinds
 
 
@@ -188,8 +227,8 @@ def provider_spec(draw: st.DrawFn) -> str:
 
 
 @st.composite
-def fault(draw: st.DrawFn, *, workers: int, campaigns: int) -> Fault:
-    kind = draw(st.sampled_from(KINDS))
+def fault(draw: st.DrawFn, *, workers: int, campaigns: int, redis: str = "single") -> Fault:
+    kind = draw(st.sampled_from(kinds_for(redis)))
     at = draw(_at)
     if kind == "kill_worker":
         # One index past the queue workers: the polling worker, when the schedule has one.
@@ -212,6 +251,11 @@ def fault(draw: st.DrawFn, *, workers: int, campaigns: int) -> Fault:
     if kind == "redis_failover":
         # How long the endpoint points nowhere after the promotion (0: at once; 3: longer than the liveness TTL).
         return Fault(at, kind, duration=draw(st.sampled_from((0.0, 3.0))))
+    if kind == "master_kill":
+        # The registry's master (every heartbeat, every liveness key) or a queue's; the killed node comes back
+        # as a replica after a while, or stays down (its shard runs on without a replica).
+        return Fault(at, kind, spec=draw(st.sampled_from(MASTER_KILL_TARGETS)),
+                     duration=draw(st.sampled_from((0.0, 3.0, 8.0))))
     if kind == "unsubscribe":
         return Fault(at, kind, target=draw(st.integers(0, campaigns - 1)))
     if kind == "provider_faults":
@@ -223,12 +267,19 @@ def fault(draw: st.DrawFn, *, workers: int, campaigns: int) -> Fault:
 
 
 @st.composite
-def schedules(draw: st.DrawFn, *, max_campaigns: int = 8, max_faults: int = 6) -> Schedule:
-    """A whole schedule; the defaults fit the CI budget (a small batch, a handful of faults)."""
+def schedules(draw: st.DrawFn, *, max_campaigns: int = 8, max_faults: int = 6,
+              redis: tuple[str, ...] = ("single",)) -> Schedule:
+    """A whole schedule; the defaults fit the CI budget (a small batch, a handful of faults, one redis-server).
+
+    ``redis`` lists the Redis shapes to draw from ("single", "cluster"); each draws only its own Redis faults.
+    """
+    # One shape draws nothing, so a seed replays the same single-server schedules as before clusters existed.
+    mode = redis[0] if len(redis) == 1 else draw(st.sampled_from(redis))
     campaigns = draw(st.integers(min_value=4, max_value=max_campaigns))
     workers = draw(st.integers(min_value=2, max_value=3))
-    faults = draw(st.lists(fault(workers=workers, campaigns=campaigns), max_size=max_faults))
+    faults = draw(st.lists(fault(workers=workers, campaigns=campaigns, redis=mode), max_size=max_faults))
     return Schedule(
+        redis=mode,
         recoveries=draw(st.sampled_from((1, 2))),
         polling_workers=draw(st.sampled_from((0, 1))),
         campaigns=campaigns,

@@ -14,7 +14,14 @@ from hypothesis import given, settings
 
 from tests.chaos import invariants
 from tests.chaos.harness import Evidence, merge_fault_specs, parse_fault_spec
-from tests.chaos.schedule import Schedule, schedules
+from tests.chaos.schedule import (
+    CLUSTER_KINDS,
+    MASTER_KILL_TARGETS,
+    SINGLE_REDIS_KINDS,
+    Fault,
+    Schedule,
+    schedules,
+)
 from workflow.legacy import legacy_columns
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, 0)
@@ -185,10 +192,32 @@ def test_fault_specs_expand_and_merge() -> None:
 
 
 @settings(max_examples=50, deadline=None)
-@given(schedules())
+@given(schedules(redis=("single", "cluster")))
 def test_every_schedule_survives_its_replay_string(schedule: Schedule) -> None:
     assert Schedule.from_replay(schedule.replay_string()) == schedule
     assert Schedule.from_replay(__import__("json").dumps(schedule.to_dict())) == schedule
+
+
+@settings(max_examples=50, deadline=None)
+@given(schedules(redis=("single", "cluster")))
+def test_each_redis_shape_draws_only_its_own_redis_faults(schedule: Schedule) -> None:
+    kinds = {f.kind for f in schedule.faults}
+    if schedule.redis == "cluster":
+        assert not kinds & SINGLE_REDIS_KINDS
+        assert all(f.spec in MASTER_KILL_TARGETS for f in schedule.faults if f.kind == "master_kill")
+    else:
+        assert not kinds & CLUSTER_KINDS
+
+
+def test_a_schedule_refuses_redis_faults_of_the_other_shape() -> None:
+    with pytest.raises(ValueError, match="redis_crash"):
+        Schedule(redis="cluster", faults=(Fault(1.0, "redis_crash"),))
+    with pytest.raises(ValueError, match="master_kill"):
+        Schedule(faults=(Fault(1.0, "master_kill", spec="registry"),))
+    with pytest.raises(ValueError, match="redis="):
+        Schedule(redis="sentinel")
+    # A replay string from before clusters existed (no "redis" field) is a single-server schedule.
+    assert Schedule.from_dict({"campaigns": 4, "faults": [{"at": 1.0, "kind": "redis_crash"}]}).redis == "single"
 
 
 # -- invariants 7-9 (issue 11): each fed a violating record and a clean one ------------------------------
@@ -299,3 +328,27 @@ def test_lease_losses_of_zombies_dead_workers_and_data_loss_keep_invariant_9() -
     dead = {"at": 1010.0, "pid": 50, "name": "recovery", "worker": "vm:101:bb", "recovered": "2",
             "line": "worker vm:101:bb is dead (no liveness key): 2 task(s) recovered"}
     assert invariants.check(_evidence(procs=procs, dead_declared=[dead])).ok  # worker1 had exited at 1005
+
+
+def test_a_lease_lost_right_after_a_master_kill_keeps_invariant_9_one_long_after_does_not() -> None:
+    # Given a master killed at 1008.0 whose replica was promoted at 1012.0 (the writes it had not replicated
+    # are gone, as after a crash)
+    procs = [_proc("worker0", 100), _proc("recovery", 50, "recovery")]
+    killed = [(1008.0, 1012.0, "master_kill")]
+    # Then a lease lost while the shard was down or just after the promotion is that loss
+    assert invariants.check(_evidence(procs=procs, lease_lost=[_lost("worker0", 100, at=1010.0)],
+                                      redis_losses=killed)).ok
+    assert invariants.check(_evidence(procs=procs, lease_lost=[_lost("worker0", 100, at=1016.0)],
+                                      redis_losses=killed)).ok
+    # But one long after the failover was over is a live lease taken
+    late = invariants.check(_evidence(procs=procs, lease_lost=[_lost("worker0", 100, at=1030.0)],
+                                      redis_losses=killed))
+    assert late.violations[9]
+
+
+def test_a_master_kill_is_noted_with_its_promotion() -> None:
+    kill = {"target": "registry", "slot": 4772, "port": 7001, "replicas": [7004], "killed_at": 1008.0,
+            "promoted_at": 1011.5, "new_master": 7004, "rejoined_at": 1014.2}
+    notes = invariants.check(_evidence(master_kills=[kill])).notes
+    assert any("master 7001 killed, replica 7004 promoted 3.5s later" in n and "6.2s after the kill" in n
+               for n in notes), notes
