@@ -19,9 +19,11 @@ OutageTest = Callable[[BaseException], bool]
 
 #: Redis errors that mean "Redis is not reachable or not writable now", not "this command is wrong".
 #: ConnectionError covers refused/reset connections, BusyLoadingError (AOF loading) and
-#: AuthenticationError; ReadOnlyError is a failover's demoted primary.
+#: AuthenticationError; ReadOnlyError is a failover's demoted primary. ClusterError is a Redis Cluster
+#: that refuses commands while a master is down and its replica not yet promoted (CLUSTERDOWN on every
+#: node, MASTERDOWN), or redis-py giving up after too many redirections mid-failover ("TTL exhausted").
 REDIS_OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
-    redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError)
+    redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError, redis.exceptions.ClusterError)
 #: How far along __cause__/__context__ ``is_outage`` looks (a handler may wrap the driver's error).
 CHAIN_DEPTH = 5
 
