@@ -2,9 +2,10 @@
 
 ``--chaos-replay=<string>`` (or CHAOS_REPLAY) runs exactly one schedule: the
 string a failing run printed, the schedule as JSON, or the name of a fixed
-schedule of test_chaos.py (EVERYTHING, ZOMBIES, BLIPS, ROLLOUT). CHAOS_EXAMPLES raises
+schedule of test_chaos.py (EVERYTHING, ZOMBIES, BLIPS, ROLLOUT, CLUSTER_FAILOVER). CHAOS_EXAMPLES raises
 the number of generated schedules (CI keeps the default small), CHAOS_SEED
-fixes hypothesis' seed, CHAOS_TIME_SCALE sets the providers' time scale.
+fixes hypothesis' seed, CHAOS_TIME_SCALE sets the providers' time scale, CHAOS_REDIS
+the Redis shapes generated schedules are drawn on (single, cluster or both).
 
 The suite starts its own PostgreSQL (not the session one other tests use)
 because its schedules restart it.
@@ -21,7 +22,7 @@ from tests.chaos.schedule import Schedule
 from tests.servers import PostgresServer, serve_or_fail
 
 #: Fixed schedules of test_chaos.py that --chaos-replay accepts by name.
-FIXED_SCHEDULES = ("EVERYTHING", "ZOMBIES", "BLIPS", "ROLLOUT")
+FIXED_SCHEDULES = ("EVERYTHING", "ZOMBIES", "BLIPS", "ROLLOUT", "CLUSTER_FAILOVER")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

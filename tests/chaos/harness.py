@@ -763,8 +763,8 @@ class Cluster:
             self.note(f"master_kill {target}: master {port} has no synced replica; skipped")
             return
         record: dict[str, Any] = {"target": target, "slot": key_slot(key.encode()), "port": port,
-                                  "replicas": replicas, "killed_at": time.time(), "promoted_at": None,
-                                  "new_master": None, "rejoined_at": None}
+                                  "replicas": replicas, "killed_at": time.time(), "at": time.monotonic() - self.t0,
+                                  "promoted_at": None, "new_master": None, "rejoined_at": None}
         pid = cluster.procs[port].pid
         cluster.kill(port)
         self.master_kills.append(record)
@@ -1270,7 +1270,8 @@ class Evidence:
     t0: float = 0.0
     #: "single" (one redis-server) or "cluster" (a Redis Cluster).
     redis_mode: str = "single"
-    #: Cluster.master_kills: {target, slot, port, replicas, killed_at, promoted_at, new_master, rejoined_at}.
+    #: Cluster.master_kills: {target, slot, port, replicas, killed_at, at (on the schedule's clock), promoted_at,
+    #: new_master, rejoined_at}; times are wall-clock unless said otherwise.
     master_kills: list[dict[str, Any]] = attrs.Factory(list)
     #: The cluster's own view at rest (CLUSTER NODES of a live node); empty on one redis-server.
     cluster_nodes: list[ClusterNodeInfo] = attrs.Factory(list)
