@@ -322,7 +322,8 @@ def check_failover(ev: Evidence, timeline: str) -> None:
         # And the cluster agrees at rest: the new master serves the slot, the old node replicates it
         nodes = {n.port: n for n in ev.cluster_nodes}
         new, old = nodes[m["new_master"]], nodes[m["port"]]
-        assert new.is_master and not new.failed and any(slot_in_spec(m["slot"], r) for r in new.slots), ev.cluster_nodes
+        serves = any(slot_in_spec(m["slot"], r) for r in new.slots)
+        assert new.is_master and not new.failed and serves, ev.cluster_nodes
         assert not old.is_master and not old.failed and old.master_id == new.node_id, ev.cluster_nodes
 
     # And no process died on its own: the only exit is the worker the schedule SIGKILLed
