@@ -117,7 +117,8 @@ def _ctx(client_name: str | None = None) -> Any:
 
 
 def _services_up(ctx: Any, args: argparse.Namespace, stop: Any) -> bool:
-    """Redis and the database answer; False when a signal stopped the wait.
+    """Redis and the database answer (and Redis holds no work in the old key layout); False when a signal
+    stopped the wait.
 
     Waits with the outage backoff (engine.loop.wait_until_up) unless
     ``--no-wait`` or ``--once`` (one try; a cron job or a script wants the
@@ -135,6 +136,11 @@ def _services_up(ctx: Any, args: argparse.Namespace, stop: Any) -> bool:
     def redis_up() -> None:
         try:
             ctx.redis.ping()
+            # Inside the wait: on a cluster PING answers from any node, and this reads the registry's slot,
+            # whose master may be failing over right now (a restarted worker must wait it out, not exit).
+            _refuse_old_layout(ctx)
+        except Refused:
+            raise
         except Exception as exc:
             # A wrong or missing password, or REDIS_CLUSTER not matching the server, is configuration:
             # never wait for it.
@@ -155,11 +161,10 @@ def _services_up(ctx: Any, args: argparse.Namespace, stop: Any) -> bool:
             elif not wait_until_up(what, check, backoff_max=settings.outage_backoff_max,
                                    timeout=settings.startup_timeout, is_outage=wiring.database_outage, stop=stop):
                 return False
-        except ConfigError:
+        except (ConfigError, Refused):
             raise
         except Exception as exc:  # noqa: BLE001 - reported as a refusal, without a traceback
             raise Refused(f"{what} is unavailable: {describe(exc)}") from None
-    _refuse_old_layout(ctx)
     return True
 
 
