@@ -157,9 +157,11 @@ class RateLimiter:
         case Redis lost it while callers still slept on its slots.
         """
         primed = []
+        replay_ms = max(1, int(self.settings.replay_window * 1000))
         for api in self.limits:
             keys = self._bucket(api)
-            if self.scripts.prime_bucket(keys=[keys[0], keys[1]]):
+            if self.scripts.prime_bucket(keys=[keys[0], keys[1], self.keys.ratelimit(api, f"op:{secrets.token_hex(8)}")],
+                                         args=[replay_ms]):
                 primed.append(api)
         return primed
 

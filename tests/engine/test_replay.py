@@ -186,6 +186,11 @@ def case_pause_bucket(q: TaskQueue, r: redis.Redis) -> tuple[str, list[str], lis
     return "pause_bucket", [api, q.keys.ratelimit("zillow", f"op:{new_op_id()}")], [5000, q.replay_ms]
 
 
+def case_prime_bucket(q: TaskQueue, r: redis.Redis) -> tuple[str, list[str], list[Any]]:
+    return "prime_bucket", [q.keys.ratelimit("zillow", "tokens"), q.keys.ratelimit("zillow", "last_refill"),
+                            q.keys.ratelimit("zillow", f"op:{new_op_id()}")], [q.replay_ms]
+
+
 def case_advance_cursor(q: TaskQueue, r: redis.Redis) -> tuple[str, list[str], list[Any]]:
     r.set(q.keys.generation, "g1")
     return "advance_cursor", [q.keys.generation, q.keys.reconciled_until], ["g1", "2026-11-30T20:00:00"]
@@ -193,7 +198,7 @@ def case_advance_cursor(q: TaskQueue, r: redis.Redis) -> tuple[str, list[str], l
 
 CASES: list[Case] = [case_advance_cursor, case_enqueue, case_claim, case_lease, case_ack, case_renew, case_retry, case_requeue,
                      case_dead_letter, case_recover_lapsed, case_recover_dead, case_unclaim, case_reject,
-                     case_dlq_requeue, case_promote, case_unregister, case_pause_bucket]
+                     case_dlq_requeue, case_promote, case_unregister, case_pause_bucket, case_prime_bucket]
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.__name__.removeprefix("case_"))

@@ -1,5 +1,5 @@
 --[[ once: replay safety for the operations that hold no lease (unclaim, reject,
-dlq_requeue, promote, unregister, pause_bucket). The client makes an operation id;
+dlq_requeue, promote, pause_bucket, prime_bucket). The client makes an operation id;
 the script stores its answer under {P:T}:op:<id> for REPLAY ms, and a replayed call
 returns that answer without acting again.
 An include, not a script. `op` is one of the including script's KEYS.
