@@ -139,10 +139,24 @@ def _process(mode: str, url: str, prefix: str, rate: float, threads: int, start_
     out.put(json.dumps({"calls": sum(c for c, _ in results), "used": [u for _, us in results for u in us]}))
 
 
+def _prime(url: str, prefix: str, rates: dict[str, float]) -> None:
+    """Open the new buckets now, as the first worker of a fleet does (else they open MAX_TOKEN_SLEEP later)."""
+    import redis
+
+    from engine.ratelimit import Limit, RateLimiter
+    from engine.settings import EngineSettings
+
+    client = redis.Redis.from_url(url, decode_responses=True)
+    RateLimiter(client, EngineSettings(redis_url=url, key_prefix=prefix),
+                {api: Limit(rate=r) for api, r in rates.items()}).prime()
+    client.close()
+
+
 def run_contended(mode: str, url: str, rate: float, procs: int, threads: int, seconds: float) -> Contended:
     ctx = mp.get_context("spawn")
     out: mp.Queue = ctx.Queue()
     prefix = f"rl{mode}{procs}x{threads}x{int(time.time() * 1000) % 100000}"
+    _prime(url, prefix, {"bench": rate})
     lead = START_LEAD + 0.3 * procs
     start_at = time.time() + lead
     workers = [ctx.Process(target=_process, args=(mode, url, prefix, rate, threads, start_at, seconds, out))
@@ -203,6 +217,7 @@ def _callers(url: str) -> dict[str, Callable[[], object]]:
     sha = client.script_load("return 1")
     limiter = RateLimiter(client, EngineSettings(redis_url=url, key_prefix="rlsolo"),
                           {"bench": Limit(rate=UNCONTENDED_RATE), "slow": Limit(rate=REFUSING_RATE)})
+    limiter.prime()
     calls: dict[str, Callable[[], object]] = {
         RAW: lambda: client.evalsha(sha, 0),
         OURS: lambda: limiter.reserve("bench", MAX_WAIT),

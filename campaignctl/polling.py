@@ -42,6 +42,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import attrs
+import redis
 from sqlalchemy import Engine, or_, select, update
 
 from engine import metrics
@@ -457,6 +458,16 @@ def restrict(task_types: Collection[str] | None) -> tuple[str, ...]:
     return tuple(task_types)
 
 
+def _prime_buckets(limiter: Any) -> None:
+    """As a queue worker does: a fleet starting from nothing opens its buckets at once (engine.ratelimit)."""
+    if limiter is None:
+        return
+    try:
+        limiter.prime_if_fleet_starts()
+    except redis.RedisError as exc:
+        log.info("could not prime the rate-limit buckets (%s); they open MAX_TOKEN_SLEEP after first use", exc)
+
+
 def run_polling_worker(
     *,
     store: CampaignStore,
@@ -474,6 +485,7 @@ def run_polling_worker(
     fits ``concurrency`` threads, so no handler waits for a connection.
     """
     _size_pool(store, concurrency)
+    _prime_buckets(limiter)
     dispatcher = PollingDispatcher(
         store=store,
         registry=registry,

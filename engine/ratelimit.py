@@ -149,6 +149,16 @@ class RateLimiter:
         wait any caller is ever promised, so the slots promised before Redis lost the keys have all passed."""
         return max(0, int(self.settings.max_token_sleep * US))
 
+    def prime_if_fleet_starts(self) -> list[str]:
+        """``prime()`` when no worker is registered (a fleet starting from nothing: nobody sleeps on a slot).
+
+        Queue workers call it before their first heartbeat, polling workers at
+        their start. Raises redis.RedisError like any call.
+        """
+        if self.redis.hlen(self.keys.workers):
+            return []
+        return self.prime()
+
     def prime(self) -> list[str]:
         """Open now the buckets that have no keys (a fleet starting from nothing); returns the APIs primed.
 

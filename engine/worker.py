@@ -206,11 +206,10 @@ class Worker:
         if self.limiter is None:
             return
         try:
-            if self.redis.hlen(self.keys.workers) == 0:
-                primed = self.limiter.prime()
-                if primed:
-                    log.info("worker %s: first of the fleet, rate-limit buckets open now: %s", self.worker_id,
-                             ", ".join(primed))
+            primed = self.limiter.prime_if_fleet_starts()
+            if primed:
+                log.info("worker %s: first of the fleet, rate-limit buckets open now: %s", self.worker_id,
+                         ", ".join(primed))
         except redis.RedisError as exc:
             log.info("could not prime the rate-limit buckets (%s); they open MAX_TOKEN_SLEEP after first use", exc)
 

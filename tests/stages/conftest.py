@@ -153,6 +153,7 @@ class Harness:
         self.settings = settings
         self.queue = TaskQueue(client, settings, TASK_TYPES)
         self.limiter = RateLimiter(client, settings, rate_limits({}))
+        self.limiter.prime()  # a fleet starting from nothing, as its first worker would
         self.provider_settings = provider_settings(sandbox.url, RATE_SCALE=f"{settings.rate_scale:g}", **env)
         self.deps = Deps(store=store, settings=self.provider_settings,
                          providers=Providers(self.provider_settings), max_token_sleep=settings.max_token_sleep)

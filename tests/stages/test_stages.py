@@ -252,6 +252,7 @@ def test_ses_refusal_resets_the_intent_so_a_retry_sends(harness: Harness, fast_s
     with store.engine.connect() as conn:
         assert sends.get(conn, cid, store.get(cid).run_id)["state"] == "not_sent"
     harness.limiter.redis.delete(*harness.limiter._bucket("ses"))  # the pause is the engine's business
+    harness.limiter.prime()  # (a bucket without keys would open MAX_TOKEN_SLEEP later: see acquire_token.lua)
     harness.run(EMAIL_SENDING, cid)
     assert store.get(cid).campaign_status is Status.SENT
     assert fast_sandbox.stats()["emails"] == {store.get(cid).email: 1}
