@@ -33,7 +33,9 @@ def _verdict(task: Task, ctx: Any, deps: Deps, snap: Any) -> dict[str, Any]:
         raise PermanentError("email_verification", f"address {snap.email} not deliverable: {result.describe()}")
     data = result.to_dict()
     with deps.store.engine.begin() as conn:
-        upsert_stage_result(conn, snap.id, snap.run_id, STAGE.value, {"verdict": data})
+        # A cache for a retry of this stage, written before the compare-and-set: never over a stored result
+        # (a duplicate run that overwrote the recorded draft left the sender without one: chaos, invariant 2).
+        upsert_stage_result(conn, snap.id, snap.run_id, STAGE.value, {"verdict": data}, keep_existing=True)
     return data
 
 

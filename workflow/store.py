@@ -434,13 +434,24 @@ def _compare_and_set(conn: Connection, before: Snapshot, values: dict[str, Any])
     ).rowcount
 
 
-def upsert_stage_result(conn: Connection, campaign_id: int, run_id: int, stage: str, data: Any) -> None:
+def upsert_stage_result(conn: Connection, campaign_id: int, run_id: int, stage: str, data: Any, *,
+                        keep_existing: bool = False) -> None:
+    """Store the result of (campaign, run, stage); a re-run overwrites it, never adds a row.
+
+    ``keep_existing``: only when there is none yet. For what a handler caches
+    before its compare-and-set (email_creation's verification verdict): a
+    duplicate or stale run must not overwrite the result the winning run
+    recorded (a draft a sender then would not find).
+    """
     now = utcnow()
     payload = json.dumps(data, sort_keys=True, default=str)
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     stmt = dialect.insert(stage_results).values(
         campaign_id=campaign_id, run_id=run_id, stage=stage, data=payload, created_at=now, updated_at=now
     )
+    if keep_existing:
+        conn.execute(stmt.on_conflict_do_nothing(index_elements=["campaign_id", "run_id", "stage"]))
+        return
     stmt = stmt.on_conflict_do_update(
         index_elements=["campaign_id", "run_id", "stage"],
         set_={"data": payload, "updated_at": now},

@@ -256,3 +256,28 @@ def test_ses_refusal_resets_the_intent_so_a_retry_sends(harness: Harness, fast_s
     harness.run(EMAIL_SENDING, cid)
     assert store.get(cid).campaign_status is Status.SENT
     assert fast_sandbox.stats()["emails"] == {store.get(cid).email: 1}
+
+
+def test_a_duplicate_email_creation_never_overwrites_the_recorded_draft(
+        harness: Harness, fast_sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stepped (the chaos suite's invariant 2 failure): run A of email_creation reads no cached verdict and
+    calls the verifier; meanwhile run B does the whole stage and records the draft. A's verdict cache
+    must not replace B's draft, or the sender finds none and the campaign goes to ERROR while B's
+    email may already be out."""
+    store = harness.store
+    cid = seed(store)
+    for task_type in DATA_STAGES[:-1]:
+        harness.run(task_type, cid)
+    verifier = harness.deps.providers.email_verification
+    real_verify = verifier.verify
+
+    def verify_while_run_b_completes(ctx, email):  # type: ignore[no-untyped-def]
+        monkeypatch.setattr(verifier, "verify", real_verify)
+        harness.run("email_creation", cid)  # run B: verified, drafted, recorded
+        return real_verify(ctx, email)
+
+    monkeypatch.setattr(verifier, "verify", verify_while_run_b_completes)
+    harness.run("email_creation", cid)  # run A: its record finds the campaign moved on
+    draft = store.stage_result(cid, store.get(cid).run_id, "email_creation")
+    assert draft and draft["subject"] and draft["body"], draft
+    assert store.get(cid).campaign_status is Status.READY_FOR_REVIEW
